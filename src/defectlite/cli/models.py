@@ -1,0 +1,40 @@
+"""``defectlite models``: list registered models with parameters and MACs at an input size."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list registered models with params and MACs",
+        description="List registry names with parameters (training and deployed form) and MACs at an input size. "
+        "Any timm model can also be trained as timm:<name>.",
+    )
+    p.add_argument("--input-size", type=int, nargs=2, default=[200, 200], metavar=("H", "W"))
+    p.add_argument("--in-chans", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=6)
+    p.add_argument("names", nargs="*", help="only these models (default: all)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from defectlite.compress.reparam import reparameterize
+    from defectlite.evaluate.profile import count_macs, count_params
+    from defectlite.models import create_model, list_models, model_info
+
+    names = args.names or list_models()
+    shape = (1, args.in_chans, *args.input_size)
+    print(f"{'name':<24}{'params':>12}{'deployed':>12}{'MACs (M)':>11}  source   [input {shape[1:]}]")
+    for name in names:
+        model = create_model(name, args.num_classes, args.in_chans)
+        deployed = (
+            reparameterize(model) if not name.startswith("timm:") and model_info(name).reparameterizable else model
+        )
+        paper = model_info(name).paper if not name.startswith("timm:") else "timm"
+        print(
+            f"{name:<24}{count_params(model):>12,}{count_params(deployed):>12,}"
+            f"{count_macs(deployed, shape) / 1e6:>11.1f}  {paper}"
+        )
+    return 0

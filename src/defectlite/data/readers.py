@@ -1,0 +1,195 @@
+"""Readers that turn a data folder into a list of labelled image files.
+
+Layouts (``format``):
+
+- ``folder``: one sub-folder per class (``<root>/<class>/*.png``), optionally already split into
+  ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/`` folders that each hold the class
+  folders (as ``casting-product`` is).
+- ``neu``: the NEU surface-defect layout, class = file-name prefix before the last ``_``
+  (``<root>/crazing_12.jpg``), or the same files under ``<root>/images/``.
+- ``auto``: decide from what the folder holds (see :func:`detect_format`).
+
+Readers only list files; decoding happens once, in :mod:`defectlite.data.cache`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from defectlite.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+FORMATS = ("auto", "folder", "neu")
+_NEU_NAME = re.compile(r"^(?P<cls>.+)_\d+$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file.
+
+    Attributes:
+        path: the image file.
+        label: class index into ``DatasetIndex.classes``.
+        split: ``"train"``, ``"val"`` or ``"test"`` when the folder itself assigns it, else None.
+    """
+
+    path: Path
+    label: int
+    split: str | None = None
+
+
+@dataclass
+class DatasetIndex:
+    """The files of a data set and their classes, in a stable (sorted) order.
+
+    Attributes:
+        root: the folder the paths live under (``Sample.path`` is relative-able to it).
+        format: the layout that was read (``folder`` or ``neu``).
+        classes: class names; ``Sample.label`` indexes this list (sorted by name).
+        samples: every image, sorted by path.
+    """
+
+    root: Path
+    format: str
+    classes: list[str]
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def presplit(self) -> bool:
+        """True when the folder assigns every sample to a split (``train/``, ``test/`` ...)."""
+        return bool(self.samples) and all(s.split is not None for s in self.samples)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class name."""
+        out = dict.fromkeys(self.classes, 0)
+        for s in self.samples:
+            out[self.classes[s.label]] += 1
+        return out
+
+
+def is_image(path: Path) -> bool:
+    """True for a regular file with a known image suffix (case-insensitive), hidden files excluded."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
+    if recursive:
+        found = [Path(d) / f for d, _, files in os.walk(folder) for f in files]
+    else:
+        found = list(folder.iterdir())
+    return sorted(p for p in found if is_image(p))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def detect_format(root: Path) -> str:
+    """Guess the layout of ``root``.
+
+    ``neu`` when the images (in ``root`` or ``root/images``) are loose files named ``<class>_<n>``
+    and there are no class sub-folders; ``folder`` when ``root`` has sub-folders holding images.
+
+    Raises:
+        DataError: ``root`` is missing, not a folder, or fits no known layout.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"data path is not a folder: {root}")
+    for cand in (root / "images", root):
+        if cand.is_dir():
+            loose = _images_in(cand, recursive=False)
+            if loose and all(_NEU_NAME.match(p.stem) for p in loose) and not _subdirs_with_images(cand):
+                return "neu"
+    if _subdirs_with_images(root):
+        return "folder"
+    raise DataError(f"{root}: no images found in a known layout (class sub-folders, or files named <class>_<n>.jpg)")
+
+
+def _subdirs_with_images(folder: Path) -> bool:
+    return any(_images_in(d) for d in _subdirs(folder) if d.name != "annotations")
+
+
+def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
+    """List the labelled images under ``root``.
+
+    Args:
+        root: the data folder.
+        format: ``auto`` (default), ``folder`` or ``neu``.
+
+    Returns:
+        A :class:`DatasetIndex` with classes sorted by name and samples sorted by path.
+
+    Raises:
+        DataError: the folder is missing; the format is unknown; a class folder holds no images;
+            fewer than two classes are found; pre-split folders disagree on the classes.
+    """
+    root = Path(root).expanduser()
+    if format not in FORMATS:
+        raise DataError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
+    fmt = detect_format(root) if format == "auto" else format
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    index = _read_neu(root) if fmt == "neu" else _read_folder(root)
+    if len(index.classes) < 2:
+        raise DataError(
+            f"{root}: found a single class ({', '.join(index.classes) or 'none'}); a classifier needs at least two"
+        )
+    return index
+
+
+def _read_neu(root: Path) -> DatasetIndex:
+    folder = root / "images" if (root / "images").is_dir() else root
+    files = _images_in(folder, recursive=False)
+    if not files:
+        raise DataError(f"{folder}: no images found (expected files named <class>_<n>.jpg)")
+    by_class: dict[str, list[Path]] = {}
+    for p in files:
+        m = _NEU_NAME.match(p.stem)
+        if m is None:
+            raise DataError(f"{p}: file name does not follow the NEU pattern <class>_<n>")
+        by_class.setdefault(m.group("cls"), []).append(p)
+    classes = sorted(by_class)
+    samples = [Sample(p, classes.index(c)) for c in classes for p in by_class[c]]
+    return DatasetIndex(root, "neu", classes, sorted(samples, key=lambda s: str(s.path)))
+
+
+def _read_class_folders(folder: Path) -> dict[str, list[Path]]:
+    out = {}
+    for d in _subdirs(folder):
+        files = _images_in(d)
+        if not files:
+            raise DataError(f"class folder {d} holds no images")
+        out[d.name] = files
+    return out
+
+
+def _read_folder(root: Path) -> DatasetIndex:
+    subdirs = _subdirs(root)
+    split_dirs = {d: SPLIT_NAMES[d.name.lower()] for d in subdirs if d.name.lower() in SPLIT_NAMES}
+    if split_dirs and len(split_dirs) == len(subdirs):
+        per_split = {split: _read_class_folders(d) for d, split in split_dirs.items()}
+        names = {split: set(c) for split, c in per_split.items()}
+        classes = sorted(set().union(*names.values()))
+        for split, have in names.items():
+            if split == "train" and have != set(classes):
+                raise DataError(f"{root}/train lacks class folders {sorted(set(classes) - have)} found in other splits")
+        samples = [
+            Sample(p, classes.index(c), split)
+            for split, by_class in per_split.items()
+            for c, files in by_class.items()
+            for p in files
+        ]
+    else:
+        by_class = _read_class_folders(root)
+        classes = sorted(by_class)
+        samples = [Sample(p, classes.index(c)) for c in classes for p in by_class[c]]
+    if not samples:
+        raise DataError(f"{root}: no images found")
+    return DatasetIndex(root, "folder", classes, sorted(samples, key=lambda s: str(s.path)))

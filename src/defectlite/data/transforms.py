@@ -1,0 +1,131 @@
+"""Preprocessing and augmentation: the one definition used by training, evaluation and prediction.
+
+An image becomes a model input in two steps, both defined only here:
+
+1. :func:`to_uint8` — decode, convert to grey (``channels=1``) or RGB (``channels=3``), resize to
+   the recipe's input size with PIL's bilinear filter; result ``(C, H, W)`` uint8. The training
+   cache stores exactly this.
+2. :func:`normalize` — ``(x / 255 - mean) / std`` per channel, on a batch ``(N, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from defectlite.errors import DataError
+
+ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+
+def decode(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Open an image fully (truncated files fail here, not later).
+
+    Args:
+        source: a file path, encoded bytes, a PIL image, or an array (H, W) / (H, W, C) uint8.
+        name: how to call the image in errors (default: the path).
+
+    Raises:
+        DataError: the file is missing, not an image, truncated or corrupt, or larger than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb).
+    """
+    label = name or (str(source) if isinstance(source, (str, Path)) else "image")
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or source.dtype != np.uint8:
+            raise DataError(f"{label}: expected a uint8 array (H, W) or (H, W, C), got {source.dtype} {source.shape}")
+        return Image.fromarray(source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source)
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        img.load()
+    except FileNotFoundError:
+        raise DataError(f"{label}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{label}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{label}: not a readable image file") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{label}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{label}: corrupt or truncated image ({e})") from None
+    return img
+
+
+def to_uint8(source: ImageSource, size: Sequence[int], channels: int = 1, name: str | None = None) -> np.ndarray:
+    """Decode, convert and resize one image.
+
+    Args:
+        source: see :func:`decode`.
+        size: (H, W) in pixels.
+        channels: 1 (grey, the default of every recipe) or 3 (RGB).
+
+    Returns:
+        uint8 array (C, H, W).
+
+    Raises:
+        DataError: see :func:`decode`; ``channels`` not 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    img = decode(source, name)
+    img = img.convert("L" if channels == 1 else "RGB")
+    h, w = int(size[0]), int(size[1])
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
+
+
+def normalize(x: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Map uint8 pixels to the model's input: ``(x / 255 - mean) / std`` per channel.
+
+    Args:
+        x: uint8 (N, C, H, W) or (C, H, W), tensor or array.
+        mean, std: per-channel statistics in [0, 1] units (length C).
+
+    Returns:
+        float32 tensor, same shape.
+    """
+    t = torch.as_tensor(x)
+    shape = (-1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).reshape(shape)
+    s = torch.tensor(std, dtype=torch.float32).reshape(shape)
+    return (t.float() / 255.0 - m) / s
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+    x = images.astype(np.float64) / 255.0
+    return x.mean(axis=(0, 2, 3)).round(4).tolist(), np.maximum(x.std(axis=(0, 2, 3)), 1e-3).round(4).tolist()
+
+
+def train_augment(
+    *, hflip: bool = True, vflip: bool = True, rotate_deg: float = 0.0, brightness: float = 0.0, contrast: float = 0.0
+):
+    """Training augmentation on uint8 tensors (C, H, W), from ``torchvision.transforms.v2``.
+
+    Args:
+        hflip, vflip: random horizontal / vertical flips (p = 0.5 each).
+        rotate_deg: random rotation in [-rotate_deg, rotate_deg] degrees, bilinear, zero fill.
+        brightness, contrast: ColorJitter strengths (0 = off).
+    """
+    from torchvision.transforms import v2
+
+    ops: list = []
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if vflip:
+        ops.append(v2.RandomVerticalFlip())
+    if rotate_deg > 0:
+        ops.append(v2.RandomRotation(rotate_deg, interpolation=v2.InterpolationMode.BILINEAR))
+    if brightness > 0 or contrast > 0:
+        ops.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+    return v2.Compose(ops) if ops else None

@@ -1,0 +1,26 @@
+"""The exceptions defectlite raises on bad input; every message names the file or value at fault."""
+
+from __future__ import annotations
+
+
+class DefectliteError(Exception):
+    """Base class of every error defectlite raises on purpose (the CLI prints it and exits 2)."""
+
+
+class DataError(DefectliteError):
+    """A data folder, image or split file that cannot be used as it is."""
+
+
+class ConfigError(DefectliteError):
+    """A recipe, override (``--set key=value``) or option that is unknown or of the wrong type."""
+
+
+class CheckpointError(DefectliteError):
+    """A run folder, checkpoint or model file that is missing, incomplete or inconsistent."""
+
+
+class UnknownModelError(DefectliteError, KeyError):
+    """No model is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,147 @@
+"""Model cost: parameters, MACs, file size, and CPU latency / throughput in PyTorch eager and ONNX Runtime.
+
+Conventions (stated in every report row):
+
+- MACs count multiply-accumulates of convolutions and linear layers (``torch.utils.flop_counter``
+  counts FLOPs = 2 x MACs for those ops; element-wise ops are not counted). FLOPs = 2 x MACs.
+- Latency: batch 1, ``warmup`` untimed runs then ``runs`` timed runs, median and p95 in ms, with
+  the intra-op thread count given. Throughput: images/s at ``batch`` over ``runs`` timed batches.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass on a zero input of ``input_shape`` (N, C, H, W).
+
+    Counts convolutions and matrix products (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(*input_shape))
+    model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+@dataclass
+class Timing:
+    """One latency or throughput measurement, self-describing."""
+
+    runtime: str  # e.g. "onnxruntime 1.22.0 CPUExecutionProvider" or "torch 2.6.0 eager"
+    threads: int  # intra-op threads
+    batch: int
+    input_shape: list[int]  # (N, C, H, W)
+    warmup: int
+    runs: int
+    median_ms: float  # per batch
+    p95_ms: float  # per batch
+    images_per_s: float  # batch / median
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_call(fn: Callable[[], object], *, warmup: int, runs: int) -> np.ndarray:
+    """Wall-clock milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def _timing(runtime: str, threads: int, shape: Sequence[int], warmup: int, ms: np.ndarray) -> Timing:
+    med = float(np.median(ms))
+    return Timing(
+        runtime,
+        threads,
+        int(shape[0]),
+        list(shape),
+        warmup,
+        len(ms),
+        round(med, 4),
+        round(float(np.percentile(ms, 95)), 4),
+        round(shape[0] * 1e3 / med, 1),
+    )
+
+
+def torch_timing(
+    model: nn.Module, input_shape: Sequence[int], *, threads: int, warmup: int = 20, runs: int = 200
+) -> Timing:
+    """Time ``model`` in PyTorch eager (float32, eval, no grad) with ``threads`` intra-op threads."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model = model.eval()
+    x = torch.randn(*input_shape)
+    try:
+        with torch.inference_mode():
+            ms = time_call(lambda: model(x), warmup=warmup, runs=runs)
+    finally:
+        torch.set_num_threads(prev)
+    return _timing(f"torch {torch.__version__} eager fp32", threads, input_shape, warmup, ms)
+
+
+def ort_session(onnx_path: str | Path, threads: int):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_timing(
+    onnx_path: str | Path, input_shape: Sequence[int], *, threads: int, warmup: int = 20, runs: int = 200
+) -> Timing:
+    """Time an ONNX model in ONNX Runtime (CPU provider) with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    sess = ort_session(onnx_path, threads)
+    inp = sess.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    ms = time_call(lambda: sess.run(None, {inp.name: x}), warmup=warmup, runs=runs)
+    return _timing(f"onnxruntime {ort.__version__} CPUExecutionProvider", threads, input_shape, warmup, ms)
+
+
+def file_size_mb(path: str | Path) -> float:
+    """File size in MB (10^6 bytes)."""
+    return round(Path(path).stat().st_size / 1e6, 4)
+
+
+def machine() -> dict[str, object]:
+    """Where a measurement was taken: CPU, cores, Python and library versions."""
+    import onnxruntime as ort
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": torch.get_num_threads() if torch.get_num_threads() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+    }

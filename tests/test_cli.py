@@ -1,0 +1,105 @@
+"""The README's path through the CLI: train (one epoch each) -> export -> predict, on a real NEU subset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from defectlite.cli.main import main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "export", "predict", "models", "recipes"):
+        assert cmd in out
+
+
+@pytest.mark.slow
+def test_train_export_predict(neu_small, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(neu_small),
+        "--out",
+        str(run),
+        "--set",
+        "teacher.optim.epochs=1",
+        "--set",
+        "student.optim.epochs=1",
+        "--set",
+        "data.input_size=[96, 96]",
+        "--set",
+        "profile.runs=20",
+        "--set",
+        "profile.warmup=5",
+        "--set",
+        "profile.throughput_runs=2",
+    ]
+    assert main(["-q", *args]) == 0
+    for name in (
+        "config.yaml",
+        "splits.csv",
+        "report.md",
+        "report.json",
+        "model.onnx",
+        "model.safetensors",
+        "confusion_test.png",
+        "confusion_test.csv",
+        "student/best.safetensors",
+        "student/metrics.csv",
+        "teacher/best.json",
+    ):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    assert report["test"]["n"] == 12 and report["data"]["counts"] == {"train": 96, "val": 12, "test": 12}
+    assert report["export"]["max_abs_diff"] <= 1e-4
+    assert report["profile"]["params_deployed"] == 140_669
+    assert "Paper vs this run" in (run / "report.md").read_text()
+    # a finished run resumes to the same split and the same deployed model
+    split_before = (run / "splits.csv").read_text()
+    assert main(["-q", "train", "--resume", str(run)]) == 0
+    assert (run / "splits.csv").read_text() == split_before
+
+    assert main(["-q", "export", str(run)]) == 0
+    bad = tmp_path / "imgs" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff broken")
+    out_csv = tmp_path / "pred.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defectlite.cli.main",
+            "predict",
+            str(run / "model.onnx"),
+            str(neu_small),
+            str(bad.parent),
+            "--csv",
+            str(out_csv),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1  # one unreadable file
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 120
+    classes = report["data"]["classes"]
+    for line in lines:
+        path, label, prob = line.split("\t")
+        assert label in classes and 0 < float(prob) <= 1
+    assert "broken.jpg\tERROR" in proc.stderr
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 121 and rows[-1]["error"]
+
+
+def test_train_reports_missing_data_clearly(tmp_path, capsys):
+    assert main(["-q", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "data folder not found" in capsys.readouterr().err

@@ -1,0 +1,34 @@
+"""Recipes: shipped ones load, overrides are strict about keys and types."""
+
+from __future__ import annotations
+
+import pytest
+
+from defectlite.errors import ConfigError
+from defectlite.train.config import apply_overrides, list_recipes, load_recipe
+
+
+def test_shipped_recipes_load():
+    names = list_recipes()
+    assert {"neu-kd-eg-repvgg", "neu-kd-eg-repvgg-fast"} <= set(names)
+    paper = load_recipe("neu-kd-eg-repvgg")
+    assert paper.teacher.model == "repvgg_a0" and paper.student.optim.epochs == 100
+    assert paper.kd.temperature == 7.0 and paper.kd.alpha == 0.3
+    assert paper.student.optim.lr == 0.1 and paper.student.optim.batch_size == 64
+
+
+def test_overrides_are_typed_and_strict():
+    cfg = load_recipe("neu-kd-eg-repvgg-fast", ["student.optim.epochs=3", "kd.alpha=0.5", "data.input_size=[64, 64]"])
+    assert cfg.student.optim.epochs == 3 and cfg.kd.alpha == 0.5 and cfg.data.input_size == [64, 64]
+    with pytest.raises(ConfigError, match="unknown config key 'student.optim.epoch'"):
+        apply_overrides(cfg, ["student.optim.epoch=3"])
+    with pytest.raises(ConfigError, match="student.optim.epochs: expected int"):
+        apply_overrides(cfg, ["student.optim.epochs=many"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        apply_overrides(cfg, ["kd.alpha"])
+    assert apply_overrides(cfg, ["teacher=null"]).teacher is None
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="shipped recipes: .*neu-kd-eg-repvgg-fast"):
+        load_recipe("no-such-recipe")
