@@ -60,6 +60,7 @@ class OptimCfg:
     gamma: float = 0.1
     min_lr: float = 0.0  # cosine floor
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (timm ModelEmaV3)
     amp: str = "bf16"  # bf16 = CPU autocast (AMX/AVX-512 bf16), off = float32
 
 

@@ -4,7 +4,8 @@ Per epoch: shuffle (seeded by seed and epoch, so a resumed run draws the same ba
 forward under CPU bf16 autocast, ``objective(...)["loss"]`` backward, SGD step with a per-step
 learning rate; then evaluate on validation, append a row to ``metrics.csv`` and write the
 ``last`` checkpoint (and ``best`` when validation accuracy improves, ties broken by lower
-validation loss) atomically.
+validation loss) atomically. With ``ema_decay > 0`` the validated and saved-as-best weights are an
+exponential moving average of the trained ones (``timm.utils.ModelEmaV3``, decay warm-up on).
 """
 
 from __future__ import annotations
@@ -200,6 +201,14 @@ def fit(
         history = [h for h in history if h["epoch"] < start]
         if start < cfg.epochs:
             log.info("%s: resuming at epoch %d of %d", desc, start + 1, cfg.epochs)
+    ema = None
+    if cfg.ema_decay > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+        if start > 0 and (out_dir / "last.ema.safetensors").is_file():
+            ema.module.load_state_dict(load_tensors(out_dir / "last.ema.safetensors"))
+    eval_model = ema.module if ema is not None else model
     loader_ds = ArrayDataset(*train, transform=augment)
     steps = max(len(loader_ds) // cfg.batch_size, 1)
     for epoch in range(start, cfg.epochs):
@@ -224,12 +233,14 @@ def fit(
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
+            if ema is not None:
+                ema.update(model, step=epoch * steps + step)
             n = len(yb)
             tot_loss += out["loss"].item() * n
             tot_correct += (logits.argmax(1) == yb).sum().item()
             tot_n += n
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}", lr=f"{lr:.3g}")
-        val_logits = predict_logits(model, val[0], mean, std, amp=cfg.amp)
+        val_logits = predict_logits(eval_model, val[0], mean, std, amp=cfg.amp)
         val_y = torch.from_numpy(val[1])
         val_loss = F.cross_entropy(torch.from_numpy(val_logits), val_y).item() if len(val_y) else math.nan
         val_acc = float((val_logits.argmax(1) == val[1]).mean()) if len(val_y) else math.nan
@@ -248,8 +259,12 @@ def fit(
         improved = val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"])
         if improved:
             best = {"acc": val_acc, "loss": val_loss, "epoch": epoch}
-            save_checkpoint(out_dir / "best", model, {**card, "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss})
+            save_checkpoint(
+                out_dir / "best", eval_model, {**card, "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss}
+            )
         _save_optimizer(out_dir / "last.optim.safetensors", opt, model)
+        if ema is not None:
+            save_tensors(out_dir / "last.ema.safetensors", ema.module.state_dict())
         save_checkpoint(out_dir / "last", model, {**card, "epoch": epoch, "best": best, "train_seconds": elapsed})
         _write_history(out_dir / "metrics.csv", history)
         log.info(
