@@ -165,3 +165,19 @@ def test_decode_cache_is_reused_and_invalidated(tmp_path):
     assert np.array_equal(a.images, b.images) and a.digests == b.digests
     rgb = decode_images(files, (48, 48), channels=3, progress=False)
     assert rgb.images.shape == (12, 3, 48, 48)
+
+
+def test_tig_reader_on_the_format_sample(shared_data):
+    root = shared_data / "tig-al5083-sample"
+    assert detect_format(root) == "tig"
+    index = read_dataset(root)
+    assert index.classes[:3] == ["good weld", "burn through", "contamination"] and len(index.classes) == 6
+    assert Counter(index.classes[s.label] for s in index.samples) == {"burn through": 55, "contamination": 3}
+    assert all(s.split == "train" and s.path.name.startswith("frame_") for s in index.samples)
+
+
+def test_tig_reader_names_a_bad_label_file(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "train.json").write_text('{"rec/frame_1.png": 9}')
+    with pytest.raises(DataError, match="must be an integer 0-5"):
+        read_dataset(tmp_path)

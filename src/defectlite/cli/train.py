@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data folder (class sub-folders, train/val/test tree, or NEU layout); "
         "default: the recipe's data set under the data root",
     )
-    p.add_argument("--format", choices=["auto", "folder", "neu"], help="data layout (default: auto-detect)")
+    p.add_argument("--format", choices=["auto", "folder", "neu", "tig"], help="data layout (default: auto-detect)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="shipped recipe name or a YAML file (`defectlite recipes`)")
     p.add_argument("--seed", type=int, help="split and training seed (default: the recipe's, 0)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="decode images as grey (1) or RGB (3)")

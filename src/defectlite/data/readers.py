@@ -7,6 +7,9 @@ Layouts (``format``):
   folders (as ``casting-product`` is).
 - ``neu``: the NEU surface-defect layout, class = file-name prefix before the last ``_``
   (``<root>/crazing_12.jpg``), or the same files under ``<root>/images/``.
+- ``tig``: the TIG Al5083 weld-pool layout of Bacioiu et al. 2019 (``<split>/<recording>/frame_*.png``
+  with ``<split>/<split>.json`` mapping each path, relative to ``<split>/``, to a label 0-5; class
+  names from Table 1 of the WeldNet paper).
 - ``auto``: decide from what the folder holds (see :func:`detect_format`).
 
 Readers only list files; decoding happens once, in :mod:`defectlite.data.cache`.
@@ -14,6 +17,7 @@ Readers only list files; decoding happens once, in :mod:`defectlite.data.cache`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,7 +27,10 @@ from defectlite.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-FORMATS = ("auto", "folder", "neu")
+FORMATS = ("auto", "folder", "neu", "tig")
+TIG_CLASSES = (  # label 0-5 of the TIG Al5083 data set (WeldNet paper, Table 1)
+    "good weld", "burn through", "contamination", "lack of fusion", "misalignment", "lack of penetration",
+)  # fmt: skip
 _NEU_NAME = re.compile(r"^(?P<cls>.+)_\d+$")
 
 
@@ -102,6 +109,8 @@ def detect_format(root: Path) -> str:
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"data path is not a folder: {root}")
+    if _tig_label_files(root):
+        return "tig"
     for cand in (root / "images", root):
         if cand.is_dir():
             loose = _images_in(cand, recursive=False)
@@ -121,7 +130,7 @@ def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
 
     Args:
         root: the data folder.
-        format: ``auto`` (default), ``folder`` or ``neu``.
+        format: ``auto`` (default), ``folder``, ``neu`` or ``tig``.
 
     Returns:
         A :class:`DatasetIndex` with classes sorted by name and samples sorted by path.
@@ -136,12 +145,44 @@ def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
     fmt = detect_format(root) if format == "auto" else format
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    index = _read_neu(root) if fmt == "neu" else _read_folder(root)
-    if len(index.classes) < 2:
+    readers = {"neu": _read_neu, "folder": _read_folder, "tig": _read_tig}
+    index = readers[fmt](root)
+    present = sorted({index.classes[s.label] for s in index.samples})
+    if len(present) < 2:
         raise DataError(
-            f"{root}: found a single class ({', '.join(index.classes) or 'none'}); a classifier needs at least two"
+            f"{root}: found a single class ({', '.join(present) or 'none'}); a classifier needs at least two"
         )
     return index
+
+
+def _tig_label_files(root: Path) -> dict[str, Path]:
+    out = {}
+    for d in _subdirs(root):
+        if d.name.lower() in SPLIT_NAMES and (d / f"{d.name}.json").is_file():
+            out[SPLIT_NAMES[d.name.lower()]] = d / f"{d.name}.json"
+    return out
+
+
+def _read_tig(root: Path) -> DatasetIndex:
+    files = _tig_label_files(root)
+    if not files:
+        raise DataError(f"{root}: no <split>/<split>.json label file found (TIG Al5083 layout)")
+    samples = []
+    for split, label_file in files.items():
+        try:
+            labels = json.loads(label_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{label_file}: cannot read the label map ({e})") from None
+        if not isinstance(labels, dict):
+            raise DataError(f"{label_file}: expected an object mapping image paths to labels 0-5")
+        for rel, label in labels.items():
+            if not isinstance(label, int) or not 0 <= label < len(TIG_CLASSES):
+                raise DataError(f"{label_file}: label of {rel!r} must be an integer 0-5, got {label!r}")
+            path = label_file.parent / rel
+            if not path.is_file():
+                raise DataError(f"{label_file}: lists {rel!r}, but {path} does not exist")
+            samples.append(Sample(path, label, split))
+    return DatasetIndex(root, "tig", list(TIG_CLASSES), sorted(samples, key=lambda s: str(s.path)))
 
 
 def _read_neu(root: Path) -> DatasetIndex:

@@ -25,7 +25,7 @@ class DataCfg:
     """Where the images come from and how they are split and decoded."""
 
     path: str = "neu-surface-defect"  # data folder: absolute, relative to the cwd, or under the data root
-    format: str = "auto"  # auto | folder | neu
+    format: str = "auto"  # auto | folder | neu | tig
     input_size: list[int] = field(default_factory=lambda: [200, 200])  # (H, W) in pixels
     channels: int = 1  # 1 = grey (NEU, casting), 3 = RGB
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test of unsplit folders
