@@ -1,0 +1,76 @@
+"""``defectlite serve``: the inspection service (HTTP API + page) for an exported model, run by uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP (API, OpenAPI docs and an inspection page)",
+        description=(
+            "Serve MODEL.onnx with FastAPI + uvicorn: POST /v1/predict and /v1/explain (multipart field 'files'), "
+            "GET /v1/model, /v1/stats, /healthz, the page at / and the API docs at /docs. Concurrent requests are "
+            "micro-batched into one ONNX Runtime call. Grad-CAM needs model.json + model.safetensors beside the ONNX."
+        ),
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help="model.onnx from `defectlite export`, or its run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
+    p.add_argument("--max-batch", type=int, default=32, help="most images in one ONNX Runtime call")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill, in ms")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per worker (default: cores / workers)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    import uvicorn
+
+    from defectlite.deploy.predictor import resolve_model_path
+    from defectlite.errors import ConfigError
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    model = resolve_model_path(args.model).resolve()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    options = {
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "max_upload_mb": args.max_upload_mb,
+        "max_pixels": args.max_pixels,
+        "threads": threads,
+    }
+    # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment
+    os.environ[ENV_MODEL], os.environ[ENV_OPTIONS] = str(model), json.dumps(options)
+    print(f"serving {model} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(
+        "defectlite.cli.serve:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+ENV_MODEL, ENV_OPTIONS = "DEFECTLITE_SERVE_MODEL", "DEFECTLITE_SERVE_OPTIONS"
+
+
+def app_from_env():
+    """The app for uvicorn's factory mode (``defectlite serve`` sets the environment)."""
+    import json
+    import os
+
+    from defectlite.deploy.serve import create_app
+
+    return create_app(os.environ[ENV_MODEL], **json.loads(os.environ[ENV_OPTIONS]))

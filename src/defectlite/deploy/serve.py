@@ -1,0 +1,282 @@
+"""The inspection service: a FastAPI app over the same :class:`Predictor` as ``defectlite predict``.
+
+Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``)::
+
+    POST /v1/predict   multipart, field ``files`` (one or more images) -> class, probabilities, latency per image
+    POST /v1/explain   multipart, field ``files`` (one image), optional field ``class`` -> Grad-CAM overlay PNG
+    GET  /v1/model     classes, input size, channels, version, params, limits, whether explain is available
+    GET  /v1/stats     requests, images and the sizes of the ONNX Runtime batches run so far
+    GET  /healthz      {"status": "ok"}
+    GET  /             the inspection page (static/index.html)
+
+Routes only translate HTTP: decoding, preprocessing and the model live in the Predictor (and, for
+Grad-CAM, in :mod:`defectlite.evaluate.explain`). Concurrent requests are micro-batched
+(:class:`~defectlite.deploy.batching.MicroBatcher`) into one ONNX Runtime call run in a worker
+thread, so the event loop never blocks.
+
+Every bad input gets a JSON error ``{"error": code, "detail": message, "files": [...]}`` with a 4xx
+status, and the server goes on serving: 413 for a body above ``max_upload_mb``, more than
+``max_files`` images or an image above ``max_pixels`` (checked from the image header for each
+request before decoding, whatever PIL's global limit is); 415 for a body that is not
+multipart/form-data; 422 for a missing ``files`` field, a non-image or a truncated image; 503 when
+more than ``max_queue`` images wait. Uploads stay in memory (the body is read with its limit
+enforced while streaming and parsed there); no request names a file the server reads or writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from defectlite.deploy.batching import MicroBatcher, QueueFull
+from defectlite.deploy.predictor import Predictor, softmax
+from defectlite.deploy.uploads import (
+    FIELD,
+    MULTIPART_SCHEMA,
+    ApiError,
+    Part,
+    check_pixels,
+    file_error,
+    image_parts,
+    parse_multipart,
+    read_body,
+)
+from defectlite.errors import CheckpointError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+
+
+def _load_static() -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once: name -> (bytes, media type). Requests only ever pick from this dict."""
+    if not STATIC_DIR.is_dir():
+        return {}
+    return {
+        f.name: (f.read_bytes(), STATIC_TYPES[f.suffix])
+        for f in sorted(STATIC_DIR.iterdir())
+        if f.is_file() and f.suffix in STATIC_TYPES
+    }
+
+
+def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
+    """(Explainer or None, why not) for the checkpoint beside the ONNX file."""
+    from defectlite.evaluate.explain import Explainer
+
+    try:
+        explainer = Explainer.from_checkpoint(model_path)
+    except (CheckpointError, ConfigError) as e:
+        return None, str(e)
+    c = explainer.card
+    if list(c["classes"]) != predictor.classes or tuple(c["input_size"]) != predictor.input_size:
+        return None, "the PyTorch checkpoint beside the ONNX file has other classes or input size"
+    return explainer, ""
+
+
+def create_app(
+    model_path: str | Path,
+    *,
+    max_batch: int = 32,
+    max_wait_ms: float = 2.0,
+    max_upload_mb: float = 8.0,
+    max_pixels: int = 40_000_000,
+    max_files: int = 32,
+    max_queue: int = 1024,
+    threads: int | None = None,
+) -> FastAPI:
+    """The FastAPI app serving one exported model.
+
+    Args:
+        model_path: ``model.onnx`` or its run folder; Grad-CAM also needs ``model.json`` and
+            ``model.safetensors`` beside it (otherwise ``/v1/explain`` answers 501).
+        max_batch: most images in one ONNX Runtime call.
+        max_wait_ms: how long the first queued request waits for others to fill a batch (ms).
+        max_upload_mb: largest request body (MB, 10^6 bytes).
+        max_pixels: largest image (width x height, pixels), checked per request.
+        max_files: most images in one request.
+        max_queue: most images waiting for the model; beyond that requests get 503.
+        threads: ONNX Runtime intra-op threads (default: all cores).
+
+    Raises:
+        CheckpointError: missing model or model without defectlite metadata.
+        ConfigError: a limit that is not positive.
+    """
+    limits = {"max_batch": max_batch, "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
+    limits |= {"max_files": max_files, "max_queue": max_queue}
+    bad = {k: v for k, v in limits.items() if not v > 0}
+    if bad or max_wait_ms < 0:
+        raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
+    predictor = Predictor(model_path, threads=threads or os.cpu_count() or 1)
+    explainer, no_explain = _load_explainer(predictor.path, predictor)
+    batcher = MicroBatcher(
+        lambda x: softmax(predictor.logits(x)), max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
+    )
+    static = _load_static()
+    meta = predictor.meta
+    upload_bytes = int(max_upload_mb * 1e6)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="defectlite inspection service",
+        version=str(meta.get("defectlite_version", "unknown")),
+        description=f"Surface-defect classification with {meta.get('model', 'a defectlite model')} on ONNX Runtime.",
+        lifespan=lifespan,
+    )
+    app.state.predictor, app.state.batcher, app.state.explainer = predictor, batcher, explainer
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, "http_error", str(exc.detail)).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return ApiError(422, "invalid_request", str(exc.errors())).response()
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return ApiError(500, "internal_error", f"internal error ({type(exc).__name__})").response()
+
+    async def read_images(request: Request) -> tuple[list[Part], list[Part]]:
+        parts = parse_multipart(await read_body(request, upload_bytes), request.headers.get("content-type"))
+        return parts, image_parts(parts, max_files)
+
+    def preprocess(files: list[Part]) -> np.ndarray:
+        """Pixel check and the Predictor's preprocessing of every image -> float32 (N, C, H, W)."""
+        out, errors = [], []
+        for i, f in enumerate(files):
+            name = f.filename or f"#{i}"
+            try:
+                check_pixels(f.data, name, max_pixels)
+                out.append(predictor.preprocess([f.data], [name]))
+            except (ApiError, DataError) as e:
+                errors.append((i, e))
+        if errors:
+            raise file_error(files, errors)
+        return np.concatenate(out)
+
+    @app.post("/v1/predict", openapi_extra=MULTIPART_SCHEMA, summary="Classify one or more images")
+    async def predict(request: Request) -> JSONResponse:
+        """Class, probabilities and model latency (ms, of the batched ONNX Runtime call) per image."""
+        _, files = await read_images(request)
+        x = await run_in_threadpool(preprocess, files)
+        try:
+            probs, latency_ms, batch_size = await batcher.submit(x)
+        except QueueFull as e:
+            raise ApiError(503, "busy", f"the model is busy, try again ({e})") from None
+        results = []
+        for f, row in zip(files, probs):
+            p = predictor._prediction(row)  # same package: the Predictor's own probabilities -> Prediction
+            results.append(
+                {
+                    "file": f.filename,
+                    "class": p.label,
+                    "index": p.index,
+                    "probability": p.probability,
+                    "probabilities": p.probabilities,
+                    "latency_ms": round(latency_ms, 3),
+                    "batch_size": batch_size,
+                }
+            )
+        return JSONResponse({"model": meta.get("model"), "results": results})
+
+    @app.post(
+        "/v1/explain",
+        openapi_extra=MULTIPART_SCHEMA,
+        summary="Grad-CAM overlay of one image (PNG)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def explain(request: Request) -> Response:
+        """Grad-CAM of the image for ``class`` (default: the predicted class), blended over the image."""
+        if explainer is None:
+            raise ApiError(501, "explain_unavailable", f"Grad-CAM is not available for this model: {no_explain}")
+        parts, files = await read_images(request)
+        if len(files) != 1:
+            raise ApiError(422, "one_image", f"explain takes one image in field {FIELD!r}, got {len(files)}")
+        target = next((p.data.decode("utf-8", "replace") for p in parts if p.name == "class"), None) or None
+        if target is not None and target not in explainer.classes:
+            raise ApiError(422, "unknown_class", f"unknown class {target!r}; the model knows {explainer.classes}")
+        png, expl = await run_in_threadpool(_explain_png, explainer, files[0], target, max_pixels)
+        headers = {
+            "X-Defectlite-Class": quote(expl.label),
+            "X-Defectlite-Probability": f"{expl.probability:.6f}",
+            "X-Defectlite-Predicted": quote(expl.predicted),
+            "X-Defectlite-Layer": quote(expl.layer),
+        }
+        return Response(png, media_type="image/png", headers=headers)
+
+    @app.get("/v1/model", summary="Model metadata and service limits")
+    async def model_info() -> dict[str, Any]:
+        return {
+            "model": meta.get("model"),
+            "classes": predictor.classes,
+            "input_size": list(predictor.input_size),
+            "channels": predictor.channels,
+            "num_params": meta.get("num_params"),
+            "version": meta.get("defectlite_version"),
+            "mean": meta.get("mean"),
+            "std": meta.get("std"),
+            "explain": explainer is not None,
+            "explain_detail": "" if explainer is not None else no_explain,
+            "limits": {**limits, "max_wait_ms": max_wait_ms},
+        }
+
+    @app.get("/v1/stats", summary="Requests and ONNX Runtime batches so far")
+    async def stats() -> dict[str, Any]:
+        return batcher.stats()
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Response:
+        return _static_response(static, "index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str) -> Response:
+        return _static_response(static, name)
+
+    return app
+
+
+def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Response:
+    if name not in static:
+        raise ApiError(404, "not_found", f"no page file {name!r}")
+    data, media_type = static[name]
+    return Response(data, media_type=media_type)
+
+
+def _explain_png(explainer: Any, part: Part, target: str | None, max_pixels: int) -> tuple[bytes, Any]:
+    """Grad-CAM PNG of one uploaded image (runs in a worker thread)."""
+    from defectlite.evaluate.explain import overlay, png_bytes
+
+    name = part.filename or "#0"
+    try:
+        check_pixels(part.data, name, max_pixels)
+        expl = explainer.explain(part.data, target, name)
+    except (ApiError, DataError) as e:
+        raise file_error([part], [(0, e)]) from None
+    return png_bytes(overlay(expl)), expl

@@ -1,0 +1,339 @@
+"""The inspection service through httpx against a real uvicorn server on loopback, and its page in
+headless Chromium (Playwright); the model is the tiny EG-RepVGG trained once per session (test_explain)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectlite import Predictor
+from defectlite.deploy.batching import MicroBatcher, QueueFull
+from defectlite.deploy.serve import create_app
+from test_explain import neu_images, tiny_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LIMITS = {"max_batch": 16, "max_wait_ms": 25.0, "max_upload_mb": 1.0, "max_pixels": 1_000_000, "max_files": 8}
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Run ``app`` with uvicorn in a thread on a free loopback port; yield its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, neu_small) -> Path:
+    return tiny_run(tmp_path_factory, neu_small)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with live_server(create_app(run_dir / "model.onnx", threads=1, **LIMITS)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images(neu_small) -> list[Path]:
+    return neu_images(neu_small)
+
+
+def upload(*paths_or_bytes, field: str = "files") -> list:
+    out = []
+    for i, item in enumerate(paths_or_bytes):
+        if isinstance(item, Path):
+            out.append((field, (item.name, item.read_bytes(), "image/jpeg")))
+        else:
+            out.append((field, (f"upload{i}.bin", item, "application/octet-stream")))
+    return out
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header announces width x height grey pixels (a decompression bomb, data left out)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["error"] == code and body["detail"]
+    return body
+
+
+def assert_still_serving(client: httpx.Client, image: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.post("/v1/predict", files=upload(image)).status_code == 200
+
+
+def test_model_health_and_openapi(client, run_dir):
+    info = client.get("/v1/model").json()
+    predictor = Predictor(run_dir)
+    assert info["classes"] == predictor.classes and info["input_size"] == [64, 64] and info["channels"] == 1
+    assert info["num_params"] == 140_669 and info["version"] and info["explain"] is True
+    assert info["limits"]["max_batch"] == 16 and info["limits"]["max_wait_ms"] == 25.0
+    assert client.get("/healthz").json() == {"status": "ok"}
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_matches_the_predictor(client, run_dir, images):
+    chosen = images[::30]
+    resp = client.post("/v1/predict", files=upload(*chosen))
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    expected = Predictor(run_dir).predict_batch(chosen)
+    assert [r["file"] for r in results] == [p.name for p in chosen]
+    for r, e in zip(results, expected):
+        assert r["class"] == e.label and r["index"] == e.index
+        assert abs(r["probability"] - e.probability) < 1e-5
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        assert r["latency_ms"] > 0 and r["batch_size"] >= len(chosen)
+
+
+def test_bad_images_get_4xx_json_and_the_server_goes_on(client, images):
+    truncated = images[0].read_bytes()[:3000]
+    body = assert_error(client.post("/v1/predict", files=upload(b"hello, not an image")), 422, "bad_image")
+    assert "not a readable image" in body["files"][0]["detail"]
+    body = assert_error(client.post("/v1/predict", files=upload(truncated)), 422, "bad_image")
+    assert "truncated" in body["files"][0]["detail"]
+    body = assert_error(client.post("/v1/predict", files=upload(images[1], b"junk")), 422, "bad_image")
+    assert [f["file"] for f in body["files"]] == ["upload1.bin"]  # only the bad one is named
+    assert_still_serving(client, images[2])
+
+
+def test_pixel_limit_is_per_request_not_pils_global(client, images):
+    pil_default = Image.MAX_IMAGE_PIXELS
+    body = assert_error(client.post("/v1/predict", files=upload(png(2000, 1000))), 413, "image_too_large")
+    assert "2000 x 1000 pixels, above the limit of 1,000,000" in body["files"][0]["detail"]  # PIL would accept it
+    assert_error(client.post("/v1/predict", files=upload(png_header(40_000, 40_000))), 413, "image_too_large")
+    assert_error(client.post("/v1/explain", files=upload(png_header(40_000, 40_000))), 413, "image_too_large")
+    assert client.post("/v1/predict", files=upload(png(1000, 1000))).status_code == 200  # at the limit: fine
+    assert Image.MAX_IMAGE_PIXELS == pil_default
+    assert_still_serving(client, images[0])
+
+
+def test_upload_limits_and_malformed_requests(client, server, images):
+    big = upload(b"\0" * 1_500_000)
+    assert_error(client.post("/v1/predict", files=big), 413, "upload_too_large")
+
+    def chunks():  # no Content-Length: the limit holds while the body streams in
+        yield b"--b\r\nContent-Disposition: form-data; name=files; filename=a.jpg\r\n\r\n"
+        for _ in range(30):
+            yield b"\0" * 100_000
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    assert_error(client.post("/v1/predict", content=chunks(), headers=headers), 413, "upload_too_large")
+    assert_error(client.post("/v1/predict", files=upload(*images[:9])), 413, "too_many_files")
+    body = assert_error(client.post("/v1/predict", files=upload(images[0], field="image")), 422, "missing_field")
+    assert "'image'" in body["detail"]
+    assert_error(client.post("/v1/predict", json={"files": "crazing_1.jpg"}), 415, "unsupported_media_type")
+    assert_error(client.post("/v1/predict", content=b"garbage", headers=headers), 400, "bad_multipart")
+    assert_error(client.get("/v1/nothing"), 404, "http_error")
+    assert_still_serving(client, images[0])
+
+
+def test_no_request_chooses_a_path(client, server, images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = f"../../{tmp_path.name}/written.jpg"
+    files = [("files", (evil, images[0].read_bytes(), "image/jpeg"))]
+    assert client.post("/v1/predict", files=files).json()["results"][0]["file"] == evil  # only echoed back
+    assert list(tmp_path.iterdir()) == []
+    for path in ("/static/..%2Fserve.py", "/static/%2Fetc%2Fpasswd", "/static/../../etc/passwd"):
+        assert httpx.get(server + path).status_code == 404
+    page = client.get("/")
+    assert page.status_code == 200 and 'data-testid="picker"' in page.text
+
+
+def test_concurrent_requests_are_batched_and_all_answered(client, server, run_dir, images):
+    chosen = images[::3][:32]
+    expected = {p.name: e for p, e in zip(chosen, Predictor(run_dir).predict_batch(chosen))}
+    before = client.get("/v1/stats").json()
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as ac:
+            return await asyncio.gather(*(ac.post("/v1/predict", files=upload(p)) for p in chosen))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 32
+    results = [r.json()["results"][0] for r in responses]
+    assert sorted(r["file"] for r in results) == sorted(expected)  # none lost, none answered twice
+    for r in results:
+        assert r["class"] == expected[r["file"]].label
+        assert abs(r["probability"] - expected[r["file"]].probability) < 1e-5
+    after = client.get("/v1/stats").json()
+    calls = after["batches"] - before["batches"]
+    assert after["images"] - before["images"] == 32
+    assert calls < 32 and max(r["batch_size"] for r in results) > 1 and after["largest_batch"] <= 16
+
+
+def test_explain_returns_a_png_overlay(client, images):
+    pred = client.post("/v1/predict", files=upload(images[5])).json()["results"][0]
+    resp = client.post("/v1/explain", files=upload(images[5]))
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    assert resp.headers["x-defectlite-class"] == pred["class"] == resp.headers["x-defectlite-predicted"]
+    assert abs(float(resp.headers["x-defectlite-probability"]) - pred["probability"]) < 1e-4
+    assert Image.open(io.BytesIO(resp.content)).size == (200, 200)
+    data = {"class": "scratches"}
+    assert client.post("/v1/explain", files=upload(images[5]), data=data).headers["x-defectlite-class"] == "scratches"
+    assert_error(client.post("/v1/explain", files=upload(images[5]), data={"class": "rust"}), 422, "unknown_class")
+    assert_error(client.post("/v1/explain", files=upload(images[5], images[6])), 422, "one_image")
+    assert_error(client.post("/v1/explain", files=upload(b"GIF89a broken")), 422, "bad_image")
+    assert_still_serving(client, images[0])
+
+
+def test_explain_unavailable_without_the_checkpoint(run_dir, images, tmp_path):
+    shutil.copy(run_dir / "model.onnx", tmp_path / "model.onnx")
+    with live_server(create_app(tmp_path / "model.onnx", threads=1)) as url:
+        info = httpx.get(url + "/v1/model").json()
+        assert info["explain"] is False and "model.json" in info["explain_detail"]
+        resp = httpx.post(url + "/v1/explain", files=upload(images[0]))
+        assert_error(resp, 501, "explain_unavailable")
+        assert httpx.post(url + "/v1/predict", files=upload(images[0])).status_code == 200
+
+
+def test_serve_command_runs_uvicorn(run_dir, images):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "defectlite.cli.main", "serve", str(run_dir), "--port", str(port), "--max-batch", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "defectlite serve did not come up"
+            time.sleep(0.2)
+        assert httpx.get(url + "/v1/model").json()["limits"]["max_batch"] == 4
+        assert httpx.post(url + "/v1/predict", files=upload(images[0])).status_code == 200
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert f"serving {run_dir.resolve() / 'model.onnx'}" in out
+
+
+def test_micro_batcher_groups_and_splits_rows():
+    calls: list[int] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x.reshape(len(x), -1) * 2
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=50, max_queue=8)
+        batcher.start()
+        try:
+            xs = [np.full((n, 1, 1, 1), i, np.float32) for i, n in enumerate([1, 2, 1, 3, 1])]
+            outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+            with pytest.raises(QueueFull):
+                await asyncio.gather(*(batcher.submit(np.zeros((3, 1, 1, 1), np.float32)) for _ in range(3)))
+            return xs, outs
+        finally:
+            await batcher.stop()
+
+    xs, outs = asyncio.run(scenario())
+    for x, (rows, ms, size) in zip(xs, outs):
+        assert np.array_equal(rows, x.reshape(len(x), -1) * 2) and ms >= 0 and size <= 4
+    assert calls[:2] == [4, 4]  # 1+2+1 then 3+1: each call filled to max_batch, no request split
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
+def test_page_shows_the_right_class_and_gradcam(server, run_dir, images):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    right: dict[str, Path] = {}  # true class -> an image the Predictor gets right
+    for path, pred in zip(images, Predictor(run_dir).predict_batch(images)):
+        true = path.stem.rsplit("_", 1)[0]
+        if pred.label == true:
+            right.setdefault(true, path)
+    assert len(right) >= 2, f"the tiny model gets fewer than two classes right: {right}"
+    chosen = dict(list(right.items())[:2])
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            sync_api.expect(page.get_by_test_id("model-info")).to_contain_text("Grad-CAM available")
+            page.get_by_test_id("picker").set_input_files([str(p) for p in chosen.values()])
+            for true, path in chosen.items():
+                card = page.locator(f'[data-testid=result][data-file="{path.name}"]')
+                sync_api.expect(card).to_have_attribute("data-state", "done")
+                assert card.get_by_test_id("label").inner_text() == true
+                assert card.locator(f'.bars li[data-class="{true}"]').count() == 1
+            card.get_by_test_id("explain").click()
+            cam = card.locator("img.cam")
+            sync_api.expect(cam).to_be_visible()
+            page.wait_for_function("img => img.complete && img.naturalWidth === 200", arg=cam.element_handle())
+            page.get_by_test_id("picker").set_input_files(
+                files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}]
+            )
+            bad = page.locator('[data-testid=result][data-file="notes.png"]')
+            sync_api.expect(bad).to_have_attribute("data-state", "error")
+            sync_api.expect(bad.get_by_test_id("error")).to_contain_text("not a readable image")
+        finally:
+            browser.close()
