@@ -89,11 +89,30 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 
 def build_from_card(card: dict[str, Any]) -> nn.Module:
-    """Rebuild the (randomly initialised) model a card describes, with its transforms applied."""
+    """Rebuild the (randomly initialised) model a card describes, with its transforms replayed in order.
+
+    Transforms (``card["transforms"]``, a list): ``{"prune_channels": history, "input_shape": [...]}``
+    (Torch-Pruning history), ``{"drop_blocks": [names]}`` (layer pruning); ``card["reparameterized"]``
+    fuses re-parameterisable blocks last.
+
+    Raises:
+        CheckpointError: an unknown transform.
+    """
     from defectlite.compress.reparam import reparameterize
     from defectlite.models import create_model
 
     model = create_model(card["model"], card["num_classes"], card["in_chans"], **card.get("model_kwargs", {}))
+    for t in card.get("transforms", []):
+        if "prune_channels" in t:
+            from defectlite.compress.prune import replay
+
+            replay(model, t["prune_channels"], t["input_shape"])
+        elif "drop_blocks" in t:
+            from defectlite.compress.layer_prune import drop_blocks
+
+            drop_blocks(model, t["drop_blocks"])
+        else:
+            raise CheckpointError(f"unknown model transform in checkpoint card: {sorted(t)}")
     if card.get("reparameterized"):
         model = reparameterize(model, inplace=True)
     return model

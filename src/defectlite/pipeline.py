@@ -21,14 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from defectlite.checkpoint import load_checkpoint, save_checkpoint
 from defectlite.compress.reparam import reparameterize
+from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
 from defectlite.data import SplitData, prepare, resolve_data_path
 from defectlite.data.transforms import normalize, train_augment
 from defectlite.deploy.export import PARITY_TOL, check_parity, export_onnx
+from defectlite.deploy.predictor import softmax
 from defectlite.errors import CheckpointError, ConfigError
 from defectlite.evaluate.metrics import classification_metrics
 from defectlite.evaluate.profile import (
@@ -36,6 +39,7 @@ from defectlite.evaluate.profile import (
     count_params,
     file_size_mb,
     machine,
+    ort_session,
     ort_timing,
     torch_timing,
 )
@@ -89,16 +93,30 @@ def train_stage(
     run_dir: Path,
     teacher: nn.Module | None = None,
     progress: bool = True,
+    *,
+    model: nn.Module | None = None,
+    card: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train one model of the run (plain CE, or distilled from ``teacher``) into ``run_dir/name``."""
-    card = {**base_card(cfg, data), "model": stage.model, "model_kwargs": stage.model_kwargs}
+    """Train one model of the run into ``run_dir/name``: cross-entropy, or distilled from ``teacher``,
+    plus the BN-gamma L1 penalty when ``stage.sparsity > 0`` (|gamma| recorded per epoch in
+    ``gammas.npz``).
+
+    Args:
+        model, card: start from this model (e.g. a pruned one) described by this card, instead of a
+            fresh ``stage.model``.
+    """
+    card = card or {**base_card(cfg, data), "model": stage.model, "model_kwargs": stage.model_kwargs}
     seed_everything(cfg.seed)
-    model = create_model(stage.model, len(data.classes), cfg.data.channels, **stage.model_kwargs)
+    if model is None:
+        model = create_model(stage.model, len(data.classes), cfg.data.channels, **stage.model_kwargs)
     ls = stage.optim.label_smoothing
     objective = (
         LogitDistill(teacher, cfg.kd.temperature, cfg.kd.alpha, label_smoothing=ls) if teacher else CrossEntropy(ls)
     )
-    aug = stage.augment
+    hook = None
+    if stage.sparsity > 0:
+        objective = SparsityObjective(objective, model, stage.sparsity)
+        hook = GammaRecorder(run_dir / name / "gammas.npz", model)
     return fit(
         model,
         data.subset("train"),
@@ -107,12 +125,13 @@ def train_stage(
         stage.optim,
         run_dir / name,
         norm=(card["mean"], card["std"]),
-        augment=train_augment(**vars(aug)),
+        augment=train_augment(**vars(stage.augment)),
         seed=cfg.seed,
         card=card,
         desc=name,
         progress=progress,
         device=cfg.device,
+        on_epoch_end=hook,
     )
 
 
@@ -179,7 +198,7 @@ def train_run(
     """
     run_dir = Path(run_dir)
     save_run_config(cfg, run_dir)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     t0 = time.perf_counter()
     data = load_data(cfg, run_dir, progress)
     log.info("data: %s, classes %s, split %s", data.root, data.classes, data.counts())
@@ -293,6 +312,47 @@ def profile_model(train_form: nn.Module, deployed: nn.Module, run_dir: Path, cfg
         "weights_mb": file_size_mb(run_dir / "model.safetensors"),
         "timings": [t.as_dict() for t in timings],
     }
+
+
+def evaluate_onnx(path: Path, data: SplitData, card: dict[str, Any]) -> dict[str, float]:
+    """Validation and test accuracy (and test MCC) of an ONNX model in ONNX Runtime."""
+    sess = ort_session(path, threads=os.cpu_count() or 1)
+    out = {}
+    for split in ("val", "test"):
+        x, y = data.subset(split)
+        logits = np.concatenate(
+            [
+                sess.run(
+                    None, {sess.get_inputs()[0].name: normalize(x[i : i + 64], card["mean"], card["std"]).numpy()}
+                )[0]
+                for i in range(0, len(x), 64)
+            ]
+        )
+        pred = softmax(logits).argmax(1)
+        out[f"{split}_accuracy"] = float((pred == y).mean())
+        if split == "test":
+            out["test_mcc"] = classification_metrics(y, pred, data.classes)["mcc"]
+    return out
+
+
+def onnx_cost(onnx_path: Path, model: nn.Module | None, shape, threads: int, batch: int) -> dict[str, Any]:
+    """Size, ONNX Runtime batch-1 latency (``threads``) and batch-``batch`` throughput (all cores); params and
+    MACs of ``model`` (deployed form) when given."""
+    b1 = ort_timing(onnx_path, shape, threads=threads, warmup=20, runs=200)
+    bn = ort_timing(onnx_path, (batch, *shape[1:]), threads=os.cpu_count() or 1, warmup=2, runs=5)
+    out = {
+        "onnx_mb": file_size_mb(onnx_path),
+        "ort_b1_ms": b1.median_ms,
+        "ort_b1_p95_ms": b1.p95_ms,
+        "ort_throughput": bn.images_per_s,
+        "threads_b1": threads,
+        "threads_throughput": bn.threads,
+    }
+    if model is not None:
+        deployed = reparameterize(model)
+        out["params"] = count_params(deployed)
+        out["macs"] = count_macs(deployed, shape)
+    return out
 
 
 def export_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:

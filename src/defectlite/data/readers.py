@@ -29,8 +29,13 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 FORMATS = ("auto", "folder", "neu", "tig")
 TIG_CLASSES = (  # label 0-5 of the TIG Al5083 data set (WeldNet paper, Table 1)
-    "good weld", "burn through", "contamination", "lack of fusion", "misalignment", "lack of penetration",
-)  # fmt: skip
+    "good weld",
+    "burn through",
+    "contamination",
+    "lack of fusion",
+    "misalignment",
+    "lack of penetration",
+)
 _NEU_NAME = re.compile(r"^(?P<cls>.+)_\d+$")
 
 

@@ -162,3 +162,39 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     """Write ``report.json`` and ``report.md`` into ``run_dir`` (atomically)."""
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", render_markdown(report))
+
+
+def write_gamma_plot(npz_path: Path, png_path: Path) -> Path:
+    """Plot BN |gamma| histograms before and after sparsity training, and over the epochs (heat map).
+
+    Args:
+        npz_path: ``gammas.npz`` written by :class:`defectlite.compress.sparsity.GammaRecorder`.
+        png_path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    snaps = dict(np.load(npz_path))
+    epochs = sorted(k for k in snaps if k.startswith("epoch_"))
+    first, last = snaps.get("initial", snaps[epochs[0]]), snaps[epochs[-1]]
+    top = float(max(first.max(), last.max(), 1e-6))
+    bins = np.linspace(0, top, 61)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.hist(first, bins=bins, alpha=0.6, label="before")
+    a.hist(last, bins=bins, alpha=0.6, label=f"after ({len(epochs)} epochs)")
+    a.set_xlabel("|gamma|")
+    a.set_ylabel("channels")
+    a.set_yscale("log")
+    a.legend()
+    grid = np.stack([np.histogram(snaps[k], bins=bins)[0] for k in epochs], axis=1)
+    b.imshow(np.log1p(grid), aspect="auto", origin="lower", extent=(0, len(epochs), 0, top), cmap="magma")
+    b.set_xlabel("epoch")
+    b.set_ylabel("|gamma|")
+    b.set_title("histogram over training (log count)")
+    fig.tight_layout()
+    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return png_path

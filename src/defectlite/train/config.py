@@ -72,6 +72,7 @@ class StageCfg:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     optim: OptimCfg = field(default_factory=OptimCfg)
     augment: AugmentCfg = field(default_factory=AugmentCfg)
+    sparsity: float = 0.0  # lambda of the L1 penalty on BN gammas (sparsity training, YOLOv4 paper Eq. 11)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class RecipeCfg:
     description: str = ""
     seed: int = 0  # split seed and training seed
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda
+    threads: int = 0  # PyTorch intra-op threads for training (0 = all cores)
     data: DataCfg = field(default_factory=DataCfg)
     teacher: StageCfg | None = None  # None = no distillation
     student: StageCfg = field(default_factory=StageCfg)

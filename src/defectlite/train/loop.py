@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     device: str = "auto",
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
     """Train ``model`` and keep the checkpoint with the best validation accuracy.
 
@@ -169,6 +171,7 @@ def fit(
         card: checkpoint card fields (model name, kwargs, classes, input size, ...).
         desc: progress-bar label.
         device: ``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda[:i]``.
+        on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch's checkpoint.
 
     Raises:
         CheckpointError: a ``last`` checkpoint exists but does not fit ``model``.
@@ -267,6 +270,8 @@ def fit(
             save_tensors(out_dir / "last.ema.safetensors", ema.module.state_dict())
         save_checkpoint(out_dir / "last", model, {**card, "epoch": epoch, "best": best, "train_seconds": elapsed})
         _write_history(out_dir / "metrics.csv", history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
         log.info(
             "%s epoch %d/%d: loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1f s",
             desc,
