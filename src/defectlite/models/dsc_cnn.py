@@ -1,7 +1,7 @@
 """Small plain CNNs of 140 K / 340 K / 590 K parameters, 3x3 vs depthwise-separable (casting paper, Table 2).
 
-Source: "Efficient deep learning for casting/steel surface defects" (our copy:
-efficient-dsc-cnn-casting-defects.md), §3.2-3.3, Table 2 (layer patterns), Table 1 (BlurPool, SE),
+Source: Lal, Bolla, E, "Efficient Neural Net Approaches in Metal Casting Defect Detection"
+(efficient-dsc-cnn-casting-defects.md), §3.2-3.3, Table 2 (layer patterns), Table 1 (BlurPool, SE),
 Table 3 (parameter counts). Data: GC10-DET crops, 10 classes, grey 28 x 28 (§3.1).
 
 Table 2 gives each model's layer pattern, not its widths; we chose the widths so that each model
@@ -22,7 +22,7 @@ dsc_cnn_590k    c16 c32 M d32 c64 M d64 c128 M d128 d192 d256 d320 d384    590 K
 (*) at 1 x 28 x 28 (the paper gives no FLOPs). Pattern of every DSC model, as Table 2 writes it:
 2 Conv3 + 1 ConvDW + 1 Conv3 + 1 ConvDW + 1 Conv3 + n ConvDW (n = 3, 5, 6), then GAP and a linear
 classifier. Where the paper is silent we chose: conv -> BN -> ReLU (see :mod:`defectlite.layers.dsc`),
-three 2x2 max pools after layers 2, 4 and 6, no dropout.
+three 2x2 max pools placed as in the table, no dropout.
 
 Options (Table 1, applied to any of the six): ``blurpool=True`` replaces each max pool by
 max pool (2x2, stride 1) + ``timm.layers.BlurPool2d`` (3-tap binomial, stride 2), the MaxBlurPool of
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from defectlite.layers.dsc import ConvBnAct, SeparableConvBnAct
 from defectlite.models._registry import register_model
 
-_PAPER = "casting paper (efficient DSC CNN), Table 2"
+_PAPER = "Lal et al. (casting defects), Table 2"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class DscCnn(nn.Module):
                     layers.append(SEModule(c, rd_ratio=cfg.se_ratio))
             else:
                 raise ValueError(f"bad layer token {token!r} in {cfg.layers!r} (use cN, dN or M)")
-        if c == in_chans and not any(t[0] in "cd" for t in cfg.layers.split()):
+        if not any(isinstance(m, (ConvBnAct, SeparableConvBnAct)) for m in layers):
             raise ValueError(f"layer pattern {cfg.layers!r} has no conv layer")
         self.features = nn.Sequential(*layers)
         self.num_features = c

@@ -22,7 +22,7 @@ head        GAP + linear        -        6          1 x 1               3,078
 
 Totals at 6 classes, 1 x 400 x 487: 2,984,550 parameters (paper: 0.30 x 10^7; 26.7 % of the
 11,173,318 of timm's ResNet-18 with 1 input channel and 6 classes; paper: 26.8 %) and 3.90 G MACs
-(ResNet-18: about 7.1 G at this size). The paper gives no FLOPs; it reports 41.4 FPS on an
+(ResNet-18: 6.92 G at this size). The paper gives no FLOPs; it reports 41.4 FPS on an
 i7-11700K CPU. There is nothing to re-parameterise.
 """
 
