@@ -337,3 +337,20 @@ def test_page_shows_the_right_class_and_gradcam(server, run_dir, images):
             sync_api.expect(bad.get_by_test_id("error")).to_contain_text("not a readable image")
         finally:
             browser.close()
+
+
+def test_load_script_client_counts_answers(server, images):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
+    port = int(server.rsplit(":", 1)[1])
+    requests = [(p.name, serve_load.multipart_request("/v1/predict", p.name, p.read_bytes())) for p in images[:4]]
+    res = asyncio.run(serve_load.run_level(port, requests, clients=3, n=12))
+    assert (res["ok"], res["errors"], res["lost"], res["answered"]) == (12, 0, 0, 12)
+    assert res["p50_ms"] > 0 and res["throughput_per_s"] > 0
+    bad = [("x.jpg", serve_load.multipart_request("/v1/predict", "x.jpg", b"not an image"))]
+    res = asyncio.run(serve_load.run_level(port, bad, clients=2, n=4))
+    assert (res["ok"], res["errors"], res["lost"]) == (0, 4, 0)

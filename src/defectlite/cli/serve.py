@@ -21,10 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
     p.add_argument("--max-batch", type=int, default=32, help="most images in one ONNX Runtime call")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill, in ms")
+    p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait for a batch to fill, in ms")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per worker (default: cores / workers)")
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime threads per worker (default: (cores - 1) / workers, at least 1)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -36,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from defectlite.deploy.predictor import resolve_model_path
+    from defectlite.deploy.serve import default_threads
     from defectlite.errors import ConfigError
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     model = resolve_model_path(args.model).resolve()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or default_threads(args.workers)
     options = {
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,

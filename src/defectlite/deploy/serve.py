@@ -89,7 +89,7 @@ def create_app(
     model_path: str | Path,
     *,
     max_batch: int = 32,
-    max_wait_ms: float = 2.0,
+    max_wait_ms: float = 1.0,
     max_upload_mb: float = 8.0,
     max_pixels: int = 40_000_000,
     max_files: int = 32,
@@ -107,7 +107,9 @@ def create_app(
         max_pixels: largest image (width x height, pixels), checked per request.
         max_files: most images in one request.
         max_queue: most images waiting for the model; beyond that requests get 503.
-        threads: ONNX Runtime intra-op threads (default: all cores).
+        threads: ONNX Runtime intra-op threads (default: all cores but one, which is left to HTTP and
+            preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose spinning
+            starves the event loop).
 
     Raises:
         CheckpointError: missing model or model without defectlite metadata.
@@ -118,7 +120,8 @@ def create_app(
     bad = {k: v for k, v in limits.items() if not v > 0}
     if bad or max_wait_ms < 0:
         raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
-    predictor = Predictor(model_path, threads=threads or os.cpu_count() or 1)
+    threads = threads or default_threads()
+    predictor = Predictor(model_path, threads=threads)
     explainer, no_explain = _load_explainer(predictor.path, predictor)
     batcher = MicroBatcher(
         lambda x: softmax(predictor.logits(x)), max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
@@ -241,6 +244,7 @@ def create_app(
             "explain": explainer is not None,
             "explain_detail": "" if explainer is not None else no_explain,
             "limits": {**limits, "max_wait_ms": max_wait_ms},
+            "onnxruntime_threads": threads,
         }
 
     @app.get("/v1/stats", summary="Requests and ONNX Runtime batches so far")
@@ -260,6 +264,11 @@ def create_app(
         return _static_response(static, name)
 
     return app
+
+
+def default_threads(workers: int = 1) -> int:
+    """ONNX Runtime threads per worker process: the cores minus one (for HTTP), shared among workers; at least 1."""
+    return max(1, ((os.cpu_count() or 1) - 1) // workers)
 
 
 def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Response:

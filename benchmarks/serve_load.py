@@ -1,0 +1,316 @@
+"""Bounded load test of ``defectlite serve`` on loopback: throughput, latency, errors, memory, vs batched ONNX Runtime.
+
+Starts ``defectlite serve MODEL`` (one worker, 127.0.0.1 only) as a subprocess, warms it up, then for
+1, 8 and 32 concurrent clients sends a fixed number of ``POST /v1/predict`` requests (one real image
+each, keep-alive connections) and stops. Reports per level: throughput (requests/s = images/s),
+p50 / p99 latency in ms (client side, request sent -> response read), errors (non-200 or transport
+errors), lost responses (sent but never answered, or answered for another image), and the mean
+ONNX Runtime batch size from ``/v1/stats``. Also reports the server's resident memory (VmRSS from
+``/proc/<pid>/status``) after the first 100 and after all requests of the 32-client level, and the
+ONNX Runtime batch-64 throughput of the same model on all cores (as the run report measures it),
+taken in this run before the server starts and after it stops (the higher of the two is used), with
+the ratio of the 32-client throughput to it.
+
+The clients speak plain HTTP/1.1 over asyncio streams (a few lines, like wrk) instead of a full client
+library, so that the load generator takes as little of the shared CPU as possible.
+
+Writes ``<out>/serve_load.json`` and ``<out>/serve_load.md``.
+
+Usage::
+
+    python benchmarks/serve_load.py runs/RUN/model.onnx                     # 2,000 requests per level
+    python benchmarks/serve_load.py runs/RUN/model.onnx --requests 200      # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from defectlite.data.locate import default_data_root
+from defectlite.data.readers import is_image
+from defectlite.deploy.export import read_metadata
+from defectlite.deploy.predictor import resolve_model_path
+from defectlite.evaluate.profile import machine, ort_timing
+from defectlite.utils import atomic_write_json, atomic_write_text
+
+HOST = "127.0.0.1"  # loopback only, by design
+LEVELS = (1, 8, 32)
+RSS_EARLY = 100  # requests of the 32-client level after which memory is read first
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process in kB (VmRSS of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def multipart_request(path: str, name: str, data: bytes) -> bytes:
+    """A complete HTTP/1.1 POST with one image in multipart field ``files``."""
+    boundary = uuid.uuid4().hex
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+    body = head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + f"\r\n--{boundary}--\r\n".encode()
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {HOST}",
+        f"Content-Type: multipart/form-data; boundary={boundary}",
+        f"Content-Length: {len(body)}",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(
+        (v for k, _, v in (h.partition(":") for h in lines[1:]) if k.strip().lower() == "content-length"), None
+    )
+    if length is None:
+        raise ValueError("response without Content-Length")
+    return status, await reader.readexactly(int(length))
+
+
+async def run_level(port: int, requests: list[tuple[str, bytes]], clients: int, n: int, on_done=None) -> dict:
+    """Send ``n`` requests from ``clients`` keep-alive connections; latency in ms per answered request."""
+    latencies, counters = [], {"sent": 0, "ok": 0, "errors": 0, "mismatched": 0, "done": 0}
+
+    async def client() -> None:
+        reader = writer = None
+        while counters["sent"] < n:
+            i = counters["sent"]
+            counters["sent"] += 1
+            name, raw = requests[i % len(requests)]
+            t0 = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                writer.write(raw)
+                await writer.drain()
+                status, body = await read_response(reader)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                counters["errors"] += 1  # and no answer: counted as lost below
+                writer = None
+                continue
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            counters["done"] += 1
+            if status != 200:
+                counters["errors"] += 1
+            elif json.loads(body)["results"][0]["file"] != name:
+                counters["mismatched"] += 1  # an answer, but not to this request: lost
+            else:
+                counters["ok"] += 1
+            if on_done is not None:
+                on_done(counters["done"])
+        if writer is not None:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    return {
+        "clients": clients,
+        "requests": n,
+        "answered": counters["done"],
+        "ok": counters["ok"],
+        "errors": counters["errors"],
+        "lost": (n - counters["done"]) + counters["mismatched"],
+        "wall_s": round(wall, 3),
+        "throughput_per_s": round(counters["ok"] / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+    }
+
+
+def get_json(port: int, path: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=10) as r:  # noqa: S310 (loopback)
+        return json.loads(r.read())
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if get_json(port, "/healthz").get("status") == "ok":
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start (exit code {proc.poll()})")
+        time.sleep(0.25)
+
+
+def load_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
+    files = sorted(f for f in folder.rglob("*") if is_image(f))[:count]
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    return [(f.name, f.read_bytes()) for f in files]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", type=Path, help="model.onnx (or its run folder) to serve")
+    ap.add_argument("--images", type=Path, help="folder of request images (default: NEU-CLS under the data root)")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (default 2000)")
+    ap.add_argument("--max-batch", type=int, help="server --max-batch (default: the server's)")
+    ap.add_argument("--max-wait-ms", type=float, help="server --max-wait-ms (default: the server's)")
+    ap.add_argument("--threads", type=int, help="server --threads (default: the server's)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for serve_load.json / .md")
+    args = ap.parse_args(argv)
+    if args.requests < RSS_EARLY:
+        raise SystemExit(f"--requests must be at least {RSS_EARLY}")
+
+    model = resolve_model_path(args.model)
+    meta = read_metadata(model)
+    root = default_data_root()
+    folder = args.images or (root / "neu-surface-defect" / "images" if root else None)
+    if folder is None or not folder.is_dir():
+        raise SystemExit("give --images FOLDER (the NEU-CLS data set was not found under the data root)")
+    images = load_images(folder, 64)
+    requests = [(name, multipart_request("/v1/predict", name, data)) for name, data in images]
+    cores = os.cpu_count() or 1
+    h, w = meta["input_size"]
+    batch64 = (64, meta["channels"], h, w)
+    ort_before = ort_timing(model, batch64, threads=cores, warmup=3, runs=10)
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "defectlite.cli.main", "-q", "serve", str(model), "--host", HOST, "--port", str(port)]
+    cmd += ["--workers", "1", "--log-level", "warning"]
+    for opt in ("max_batch", "max_wait_ms", "threads"):
+        if getattr(args, opt) is not None:
+            cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    log_path = args.out / "serve_load.server.log"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(port, proc)
+            info = get_json(port, "/v1/model")
+            asyncio.run(run_level(port, requests, 4, 40))  # warm-up, not counted
+            levels, rss = [], {"after_warmup_kb": rss_kb(proc.pid)}
+            for clients in LEVELS:
+                before = get_json(port, "/v1/stats")
+
+                def on_done(done: int, clients: int = clients) -> None:
+                    if clients == LEVELS[-1] and done == RSS_EARLY:
+                        rss["after_first_100_kb"] = rss_kb(proc.pid)
+
+                res = asyncio.run(run_level(port, requests, clients, args.requests, on_done))
+                after = get_json(port, "/v1/stats")
+                calls = after["batches"] - before["batches"]
+                res["mean_batch"] = round((after["images"] - before["images"]) / calls, 2) if calls else 0.0
+                res["rss_after_kb"] = rss_kb(proc.pid)
+                levels.append(res)
+                print(json.dumps(res), flush=True)
+            rss[f"after_{args.requests}_kb"] = levels[-1]["rss_after_kb"]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    ort_after = ort_timing(model, batch64, threads=cores, warmup=3, runs=10)
+    ort = max(ort_before, ort_after, key=lambda t: t.images_per_s)
+    top = levels[-1]
+    growth = rss[f"after_{args.requests}_kb"] / rss["after_first_100_kb"] - 1
+    report = {
+        "what": "defectlite serve under load on loopback (benchmarks/serve_load.py)",
+        "model": str(model),
+        "model_meta": {k: meta.get(k) for k in ("model", "input_size", "channels", "num_params", "defectlite_version")},
+        "server": {"workers": 1, **info["limits"], "ort_threads": info["onnxruntime_threads"]},
+        "images": {"folder": str(folder), "count": len(images)},
+        "requests_per_level": args.requests,
+        "levels": levels,
+        "rss": rss,
+        "rss_growth": round(growth, 4),
+        "ort_batch64": ort.as_dict(),
+        "ort_batch64_images_per_s_before_after": [ort_before.images_per_s, ort_after.images_per_s],
+        "ratio_32_clients_to_ort_batch64": round(top["throughput_per_s"] / ort.images_per_s, 3),
+        "machine": machine(),
+    }
+    report["targets"] = {
+        "zero_errors_and_lost_at_32": top["errors"] == 0 and top["lost"] == 0,
+        "throughput_32_at_least_half_of_ort_batch64": report["ratio_32_clients_to_ort_batch64"] >= 0.5,
+        "rss_growth_within_10_percent": abs(growth) <= 0.10,
+    }
+    atomic_write_json(args.out / "serve_load.json", report)
+    atomic_write_text(args.out / "serve_load.md", render(report))
+    print((args.out / "serve_load.md").read_text())
+    return 0
+
+
+def render(r: dict) -> str:
+    n = r["requests_per_level"]
+    rows = [
+        f"| {lv['clients']} | {lv['requests']} | {lv['throughput_per_s']:.1f} | {lv['p50_ms']:.2f} "
+        f"| {lv['p99_ms']:.2f} | {lv['errors']} | {lv['lost']} | {lv['mean_batch']:.2f} "
+        f"| {lv['rss_after_kb'] / 1024:.1f} |"
+        for lv in r["levels"]
+    ]
+    o, rss, m = r["ort_batch64"], r["rss"], r["model_meta"]
+    before_after = " / ".join(f"{v:.1f}" for v in r["ort_batch64_images_per_s_before_after"])
+    tick = {True: "yes", False: "**no**"}
+    t = r["targets"]
+    return "\n".join(
+        [
+            "# defectlite serve: load test",
+            "",
+            f"Model `{r['model']}` ({m['model']}, input {m['channels']} x {m['input_size'][0]} x {m['input_size'][1]}, "
+            f"{m['num_params']:,} params). Server: 1 worker on {HOST}, max batch {r['server']['max_batch']}, "
+            f"max wait {r['server']['max_wait_ms']} ms, ONNX Runtime threads: {r['server']['ort_threads']}. "
+            f"{n} requests per level, one image each, from {r['images']['count']} images of {r['images']['folder']}; "
+            "keep-alive HTTP/1.1 clients on loopback; latency measured by the client.",
+            "",
+            "| clients | requests | throughput (img/s) | p50 (ms) | p99 (ms) | errors | lost | mean ORT batch "
+            "| server RSS after (MB) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"ONNX Runtime batch 64 in the same run: {o['images_per_s']:.1f} img/s (higher of {before_after} "
+            f"img/s before / after the load; {o['runtime']}, {o['threads']} threads, "
+            f"median {o['median_ms']:.2f} ms per batch over {o['runs']} runs after {o['warmup']} warm-up). "
+            f"Ratio of 32-client throughput to it: **{r['ratio_32_clients_to_ort_batch64']:.2f}**.",
+            "",
+            f"Server resident memory (32-client level): {rss['after_first_100_kb'] / 1024:.1f} MB after the first "
+            f"{RSS_EARLY} requests, {rss[f'after_{n}_kb'] / 1024:.1f} MB after {n} ({100 * r['rss_growth']:+.1f} %).",
+            "",
+            "| target (issue 6) | met |",
+            "|---|---|",
+            f"| zero errors and lost responses at 32 clients | {tick[t['zero_errors_and_lost_at_32']]} |",
+            f"| 32-client throughput >= 50 % of ORT batch 64 "
+            f"| {tick[t['throughput_32_at_least_half_of_ort_batch64']]} |",
+            f"| RSS after {n} within 10 % of after {RSS_EARLY} | {tick[t['rss_growth_within_10_percent']]} |",
+            "",
+            f"Machine: {r['machine']}.",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
