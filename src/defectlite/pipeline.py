@@ -46,6 +46,7 @@ from defectlite.evaluate.profile import (
 from defectlite.evaluate.report import write_confusion, write_report
 from defectlite.models import create_model
 from defectlite.train.config import RecipeCfg, StageCfg, dump_recipe, load_recipe
+from defectlite.train.ensemble import PseudoLabel
 from defectlite.train.loop import FitResult, fit, predict_logits
 from defectlite.train.objectives import CrossEntropy, LogitDistill
 from defectlite.utils import atomic_write_text, seed_everything
@@ -64,6 +65,7 @@ def load_data(cfg: RecipeCfg, run_dir: Path, progress: bool = True) -> SplitData
         ratios=d.split,
         seed=cfg.seed,
         splits_csv=run_dir / "splits.csv",
+        train_fraction=d.train_fraction,
         drop_leaks=d.drop_leaks,
         skip_bad=d.skip_bad,
         progress=progress,
@@ -96,6 +98,8 @@ def train_stage(
     *,
     model: nn.Module | None = None,
     card: dict[str, Any] | None = None,
+    seed: int | None = None,
+    hard_alpha: float | None = None,
 ) -> FitResult:
     """Train one model of the run into ``run_dir/name``: cross-entropy, or distilled from ``teacher``,
     plus the BN-gamma L1 penalty when ``stage.sparsity > 0`` (|gamma| recorded per epoch in
@@ -104,15 +108,22 @@ def train_stage(
     Args:
         model, card: start from this model (e.g. a pruned one) described by this card, instead of a
             fresh ``stage.model``.
+        seed: initialisation, batch-order and augmentation seed (default: the recipe's).
+        hard_alpha: learn from the teacher's hard pseudo-labels (mixed with the true labels by this
+            weight) instead of its soft targets.
     """
     card = card or {**base_card(cfg, data), "model": stage.model, "model_kwargs": stage.model_kwargs}
-    seed_everything(cfg.seed)
+    seed = cfg.seed if seed is None else seed
+    seed_everything(seed)
     if model is None:
         model = create_model(stage.model, len(data.classes), cfg.data.channels, **stage.model_kwargs)
     ls = stage.optim.label_smoothing
-    objective = (
-        LogitDistill(teacher, cfg.kd.temperature, cfg.kd.alpha, label_smoothing=ls) if teacher else CrossEntropy(ls)
-    )
+    if teacher is None:
+        objective = CrossEntropy(ls)
+    elif hard_alpha is not None:
+        objective = PseudoLabel(teacher, hard_alpha, label_smoothing=ls)
+    else:
+        objective = LogitDistill(teacher, cfg.kd.temperature, cfg.kd.alpha, label_smoothing=ls)
     hook = None
     if stage.sparsity > 0:
         objective = SparsityObjective(objective, model, stage.sparsity)
@@ -126,7 +137,7 @@ def train_stage(
         run_dir / name,
         norm=(card["mean"], card["std"]),
         augment=train_augment(**vars(stage.augment)),
-        seed=cfg.seed,
+        seed=seed,
         card=card,
         desc=name,
         progress=progress,
@@ -148,7 +159,7 @@ def resolve_teacher(path: Path) -> Path:
     raise CheckpointError(f"no teacher checkpoint in {p} (expected {p}/teacher/best.json or {p}/student/best.json)")
 
 
-def _stage_summary(stage: StageCfg, fit_result: FitResult) -> dict[str, Any]:
+def stage_summary(stage: StageCfg, fit_result: FitResult) -> dict[str, Any]:
     return {
         "model": stage.model,
         "epochs": stage.optim.epochs,
@@ -189,9 +200,17 @@ def load_run_config(run_dir: Path) -> RecipeCfg:
 
 
 def train_run(
-    cfg: RecipeCfg, run_dir: Path, *, teacher_path: Path | None = None, progress: bool = True
+    cfg: RecipeCfg,
+    run_dir: Path,
+    *,
+    teacher_path: Path | None = None,
+    teacher_ensemble: Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole recipe into ``run_dir`` (resuming whatever is already there) and return the report.
+
+    With ``cfg.ensemble.members = N`` (or ``teacher_ensemble``, a run holding ``member*/``), N members
+    are trained (or loaded) and the student is distilled from their mean or focal ensemble.
 
     Raises:
         DataError, ConfigError, CheckpointError: bad data, recipe or teacher checkpoint.
@@ -203,8 +222,18 @@ def train_run(
     data = load_data(cfg, run_dir, progress)
     log.info("data: %s, classes %s, split %s", data.root, data.classes, data.counts())
     stages: dict[str, Any] = {}
-    teacher = None
-    if teacher_path is not None:
+    teacher, hard_alpha, deploy_stage = None, None, "student"
+    ens = cfg.ensemble
+    if ens.members > 0 or teacher_ensemble is not None:
+        from defectlite.workflows.ensemble import ensemble_teacher, train_members
+
+        if teacher_ensemble is None:
+            stages.update(train_members(cfg, data, run_dir, progress))
+        teacher = ensemble_teacher(teacher_ensemble or run_dir, ens.combine, ens.k, data.classes)
+        hard_alpha = ens.hard_alpha if ens.targets == "hard" else None
+        if not ens.distill:
+            teacher, deploy_stage = None, "member0"
+    elif teacher_path is not None:
         teacher, tcard = load_checkpoint(resolve_teacher(teacher_path))
         if tcard["classes"] != data.classes:
             raise CheckpointError(
@@ -212,35 +241,43 @@ def train_run(
             )
     elif cfg.teacher is not None:
         res = train_stage(cfg.teacher, "teacher", cfg, data, run_dir, progress=progress)
-        stages["teacher"] = _stage_summary(cfg.teacher, res)
+        stages["teacher"] = stage_summary(cfg.teacher, res)
         teacher, _ = load_checkpoint(run_dir / "teacher" / "best")
     if teacher is not None:
         teacher = reparameterize(teacher)
-    res = train_stage(cfg.student, "student", cfg, data, run_dir, teacher, progress)
-    stages["student"] = _stage_summary(cfg.student, res)
-    report = finish_run(run_dir, cfg, data, stages)
+    if deploy_stage == "student":
+        res = train_stage(cfg.student, "student", cfg, data, run_dir, teacher, progress, hard_alpha=hard_alpha)
+        stages["student"] = stage_summary(cfg.student, res)
+    report = finish_run(run_dir, cfg, data, stages, deploy_stage)
     report["wall_minutes"] = (time.perf_counter() - t0) / 60
     write_report(run_dir, report)
     return report
 
 
-def finish_run(run_dir: Path, cfg: RecipeCfg, data: SplitData, stages: dict[str, Any]) -> dict[str, Any]:
-    """Re-parameterise the best student, evaluate on test (once), export, profile; return the report."""
-    student, card = load_checkpoint(run_dir / "student" / "best")
+def finish_run(
+    run_dir: Path, cfg: RecipeCfg, data: SplitData, stages: dict[str, Any], deploy_stage: str = "student"
+) -> dict[str, Any]:
+    """Re-parameterise the best deployed model (the student), evaluate every trained model and ensemble on
+    test (once), export, profile; return the report."""
+    student, card = load_checkpoint(run_dir / deploy_stage / "best")
     deployed = reparameterize(student)
-    dcard = {**card, "reparameterized": True, "source": "student/best"}
+    dcard = {**card, "reparameterized": True, "source": f"{deploy_stage}/best"}
     save_checkpoint(run_dir / "model", deployed, dcard)
     x_test, y_test = data.subset("test")
     mean, std = card["mean"], card["std"]
     test_all = {}
     for name in ("teacher", "student"):
         ck = run_dir / name / "best"
-        if name == "teacher" and not ck.with_suffix(".json").is_file():
+        if not ck.with_suffix(".json").is_file():
             continue
-        model = deployed if name == "student" else reparameterize(load_checkpoint(ck)[0])
+        model = deployed if name == deploy_stage else reparameterize(load_checkpoint(ck)[0])
         pred = predict_logits(model, x_test, mean, std).argmax(1)
         test_all[name] = classification_metrics(y_test, pred, data.classes)
-    test = test_all["student"]
+    if stages.keys() & {f"member{i}" for i in range(cfg.ensemble.members)}:
+        from defectlite.workflows.ensemble import evaluate_members
+
+        test_all.update(evaluate_members(run_dir, cfg, data))
+    test = test_all["student" if deploy_stage == "student" else "member0"]
     write_confusion(test["confusion"], data.classes, run_dir / "confusion_test", f"{cfg.student.model}, test split")
     export = export_and_check(run_dir / "model.onnx", student, dcard, data.subset("val")[0][:64])
     profile = profile_model(student, deployed, run_dir, cfg)

@@ -41,6 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--teacher", type=Path, metavar="RUN", help="use the teacher of an earlier run instead of training one"
     )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="train N members (own seeds) and distil the student from their ensemble (WeldNet paper)",
+    )
+    p.add_argument(
+        "--teacher-ensemble",
+        type=Path,
+        metavar="RUN",
+        help="distil from the members (member*/) of an earlier run instead of training them",
+    )
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
     p.add_argument(
         "--drop-leaks",
@@ -67,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             ("data.format", args.format),
             ("seed", args.seed),
             ("data.channels", args.channels),
+            ("ensemble.members", args.ensemble),
         ):
             if value is not None:
                 sets.append(f"{key}={value}")
@@ -81,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir = args.out or Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
     print(f"run folder: {run_dir}")
-    report = train_run(cfg, run_dir, teacher_path=args.teacher, progress=not args.quiet)
+    report = train_run(
+        cfg, run_dir, teacher_path=args.teacher, teacher_ensemble=args.teacher_ensemble, progress=not args.quiet
+    )
     t = report["test"]
     b1 = next(x for x in report["profile"]["timings"] if x["runtime"].startswith("onnxruntime") and x["batch"] == 1)
     print(

@@ -13,7 +13,14 @@ from torch.utils.data import Dataset
 
 from defectlite.data.cache import decode_images
 from defectlite.data.readers import DatasetIndex, read_dataset
-from defectlite.data.splits import Leak, assign_splits, find_leaks, read_splits_csv, write_splits_csv
+from defectlite.data.splits import (
+    Leak,
+    assign_splits,
+    find_leaks,
+    read_splits_csv,
+    subsample_train,
+    write_splits_csv,
+)
 from defectlite.data.transforms import channel_stats
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,7 @@ def prepare(
     splits_csv: Path | None = None,
     drop_leaks: bool = False,
     skip_bad: bool = False,
+    train_fraction: float = 1.0,
     progress: bool = True,
 ) -> SplitData:
     """Read, split and decode a data set.
@@ -93,6 +101,8 @@ def prepare(
         splits_csv: the run's split file (read if present, else written).
         drop_leaks: remove val/test images byte-identical to a training image.
         skip_bad: leave unreadable images out (listed in ``skipped``) instead of failing.
+        train_fraction: keep only this stratified share of the training split (seeded by ``seed``;
+            ``splits.csv`` still lists the full split).
 
     Raises:
         DataError: see the readers, :func:`defectlite.data.cache.decode_images` and
@@ -117,10 +127,10 @@ def prepare(
     leaks = find_leaks(paths, split_of, decoded.digests)
     if leaks:
         log.warning("%d val/test image(s) are byte-identical to images of an earlier split", len(leaks))
-    keep = np.ones(len(kept), bool)
+    keep = np.array(subsample_train([s.label for s in kept], split_of, train_fraction, seed))
     if drop_leaks and leaks:
         leaked = {leak.path for leak in leaks}
-        keep = np.array([p not in leaked for p in paths])
+        keep &= np.array([p not in leaked for p in paths])
     return SplitData(
         root=index.root,
         format=index.format,

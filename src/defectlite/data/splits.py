@@ -77,6 +77,32 @@ def assign_splits(index: DatasetIndex, ratios: Sequence[float], seed: int) -> li
     return splits
 
 
+def subsample_train(labels: Sequence[int], splits: Sequence[str], fraction: float, seed: int) -> list[bool]:
+    """Keep a stratified share ``fraction`` of the training items (at least one per class); keep all others.
+
+    Returns:
+        keep-mask per item.
+
+    Raises:
+        DataError: ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"train_fraction must be in (0, 1], got {fraction}")
+    keep = [True] * len(labels)
+    if fraction == 1.0:
+        return keep
+    rng = np.random.default_rng(seed + 7919)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, (y, s) in enumerate(zip(labels, splits)):
+        if s == "train":
+            by_class[int(y)].append(i)
+    for y in sorted(by_class):
+        idx = np.array(by_class[y])[rng.permutation(len(by_class[y]))]
+        for i in idx[max(1, round(len(idx) * fraction)) :]:
+            keep[i] = False
+    return keep
+
+
 @dataclass(frozen=True)
 class SplitRow:
     """One line of ``splits.csv``: where an image goes and what it is."""

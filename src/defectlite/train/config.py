@@ -30,6 +30,7 @@ class DataCfg:
     channels: int = 1  # 1 = grey (NEU, casting), 3 = RGB
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test of unsplit folders
     drop_leaks: bool = False  # drop val/test images byte-identical to a training image
+    train_fraction: float = 1.0  # keep this stratified share of the training split (reduced-data studies)
     skip_bad: bool = False  # leave unreadable images out (listed in the report) instead of failing
 
 
@@ -84,6 +85,19 @@ class KDCfg:
 
 
 @dataclass
+class EnsembleCfg:
+    """Ensemble training and ensemble-distillation (WeldNet paper, Algorithm 1 and Eq. 2)."""
+
+    members: int = 0  # N members trained with their own seed, data order and augmentation (0 = off)
+    member: StageCfg | None = None  # how to train a member (default: the student's stage)
+    combine: str = "focal"  # teacher of the distillation: mean | focal
+    k: float = 2.0  # focal-ensemble exponent (paper: 2)
+    distill: bool = True  # train the student from the ensemble (else the deployed model is member 0)
+    targets: str = "soft"  # soft: KD at kd.temperature weighted by kd.alpha | hard: pseudo-labels
+    hard_alpha: float = 0.0  # hard targets: weight of the true labels (0 = pseudo-labels only)
+
+
+@dataclass
 class ProfileCfg:
     """How speed is measured for the report."""
 
@@ -107,6 +121,7 @@ class RecipeCfg:
     teacher: StageCfg | None = None  # None = no distillation
     student: StageCfg = field(default_factory=StageCfg)
     kd: KDCfg = field(default_factory=KDCfg)
+    ensemble: EnsembleCfg = field(default_factory=EnsembleCfg)
     profile: ProfileCfg = field(default_factory=ProfileCfg)
     paper: dict[str, Any] = field(default_factory=dict)  # the source paper's numbers, for the report
 
