@@ -8,7 +8,7 @@ import sys
 
 from defectlite.errors import DefectliteError
 
-COMMANDS = ("train", "export", "predict", "models", "recipes", "prune", "quantize", "serve", "explain")
+COMMANDS = ("train", "export", "predict", "models", "recipes", "compare", "prune", "quantize", "serve", "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:
