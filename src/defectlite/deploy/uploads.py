@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.requests import ClientDisconnect
 
 FIELD = "files"  # multipart field holding the images
 MULTIPART_SCHEMA = {  # /v1/predict and /v1/explain read the body themselves; this documents it in OpenAPI
@@ -69,7 +70,7 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     refused at once.
 
     Raises:
-        ApiError: 413 too large, 400 malformed Content-Length.
+        ApiError: 413 too large; 400 malformed Content-Length or body cut short by the client.
     """
     declared = request.headers.get("content-length")
     try:
@@ -80,12 +81,15 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     if declared_bytes is not None and declared_bytes > 4 * limit_bytes:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > 4 * limit_bytes:
-            break
-        if size <= limit_bytes:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > 4 * limit_bytes:
+                break
+            if size <= limit_bytes:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
     if size > limit_bytes:
         raise too_large
     return b"".join(chunks)
