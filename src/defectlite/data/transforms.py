@@ -108,7 +108,13 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def train_augment(
-    *, hflip: bool = True, vflip: bool = True, rotate_deg: float = 0.0, brightness: float = 0.0, contrast: float = 0.0
+    *,
+    hflip: bool = True,
+    vflip: bool = True,
+    rotate_deg: float = 0.0,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    erasing: float = 0.0,
 ):
     """Training augmentation on uint8 tensors (C, H, W), from ``torchvision.transforms.v2``.
 
@@ -116,6 +122,7 @@ def train_augment(
         hflip, vflip: random horizontal / vertical flips (p = 0.5 each).
         rotate_deg: random rotation in [-rotate_deg, rotate_deg] degrees, bilinear, zero fill.
         brightness, contrast: ColorJitter strengths (0 = off).
+        erasing: probability of erasing one random rectangle (random erasing / cutout; Zhong et al. 2020).
     """
     from torchvision.transforms import v2
 
@@ -128,4 +135,6 @@ def train_augment(
         ops.append(v2.RandomRotation(rotate_deg, interpolation=v2.InterpolationMode.BILINEAR))
     if brightness > 0 or contrast > 0:
         ops.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+    if erasing > 0:
+        ops.append(v2.RandomErasing(p=erasing, value=0))
     return v2.Compose(ops) if ops else None

@@ -43,6 +43,7 @@ class AugmentCfg:
     rotate_deg: float = 10.0  # random rotation in +-degrees (0 = off)
     brightness: float = 0.2  # ColorJitter brightness (0 = off)
     contrast: float = 0.2  # ColorJitter contrast (0 = off)
+    erasing: float = 0.0  # probability of random erasing / cutout of one rectangle (0 = off)
 
 
 @dataclass
@@ -62,6 +63,11 @@ class OptimCfg:
     min_lr: float = 0.0  # cosine floor
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (timm ModelEmaV3)
+    swa_epochs: int = 0  # > 0: stochastic weight averaging over the last N epochs at constant swa_lr
+    swa_lr: float = 0.01
+    mixup_alpha: float = 0.0  # > 0: mixup (Beta(alpha, alpha) mixing of image pairs), timm Mixup
+    cutmix_alpha: float = 0.0  # > 0: CutMix
+    mix_prob: float = 1.0  # share of batches mixed
     amp: str = "bf16"  # bf16 = CPU autocast (AMX/AVX-512 bf16), off = float32
 
 

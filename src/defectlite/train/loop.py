@@ -4,8 +4,9 @@ Per epoch: shuffle (seeded by seed and epoch, so a resumed run draws the same ba
 forward under CPU bf16 autocast, ``objective(...)["loss"]`` backward, SGD step with a per-step
 learning rate; then evaluate on validation, append a row to ``metrics.csv`` and write the
 ``last`` checkpoint (and ``best`` when validation accuracy improves, ties broken by lower
-validation loss) atomically. With ``ema_decay > 0`` the validated and saved-as-best weights are an
-exponential moving average of the trained ones (``timm.utils.ModelEmaV3``, decay warm-up on).
+validation loss) atomically. With ``ema_decay > 0`` or ``swa_epochs > 0`` the validated and
+saved-as-best weights are an average of the trained ones (:mod:`defectlite.train.averaging`);
+``mixup_alpha`` / ``cutmix_alpha`` mix batches (timm ``Mixup``) into soft targets.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from defectlite.checkpoint import load_tensors, read_card, save_checkpoint, save
 from defectlite.data.dataset import ArrayDataset
 from defectlite.data.transforms import normalize
 from defectlite.errors import CheckpointError
+from defectlite.train.averaging import WeightAverage
 from defectlite.train.config import OptimCfg
 from defectlite.utils import atomic_write_text
 
@@ -40,11 +42,14 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 
 
 def lr_at(epoch: float, cfg: OptimCfg) -> float:
-    """Learning rate at a fractional epoch: linear warm-up from lr/10, then cosine or multi-step.
+    """Learning rate at a fractional epoch: linear warm-up from lr/10, then cosine or multi-step; constant
+    ``swa_lr`` over the last ``swa_epochs`` epochs when SWA is on.
 
     Raises:
         ValueError: unknown ``cfg.schedule``.
     """
+    if cfg.swa_epochs > 0 and epoch >= cfg.epochs - cfg.swa_epochs:
+        return cfg.swa_lr
     if epoch < cfg.warmup_epochs:
         return cfg.lr * (0.1 + 0.9 * epoch / cfg.warmup_epochs)
     if cfg.schedule == "cosine":
@@ -89,6 +94,17 @@ def predict_logits(
         with autocast(amp, device):
             out.append(model(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _mixup(cfg: OptimCfg, num_classes: int):
+    """timm's Mixup / CutMix on normalised batches (casting paper §3), or None when both alphas are 0."""
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    # label smoothing stays with the objective, so it is applied once
+    return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob, label_smoothing=0.0,
+                 num_classes=num_classes)  # fmt: skip
 
 
 @dataclass
@@ -204,14 +220,10 @@ def fit(
         history = [h for h in history if h["epoch"] < start]
         if start < cfg.epochs:
             log.info("%s: resuming at epoch %d of %d", desc, start + 1, cfg.epochs)
-    ema = None
-    if cfg.ema_decay > 0:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-        if start > 0 and (out_dir / "last.ema.safetensors").is_file():
-            ema.module.load_state_dict(load_tensors(out_dir / "last.ema.safetensors"))
-    eval_model = ema.module if ema is not None else model
+    averager = WeightAverage(model, cfg)
+    if start > 0:
+        averager.load(out_dir / "last.avg.safetensors")
+    mixup = _mixup(cfg, int(train[1].max()) + 1 if len(train[1]) else 2)
     loader_ds = ArrayDataset(*train, transform=augment)
     steps = max(len(loader_ds) // cfg.batch_size, 1)
     for epoch in range(start, cfg.epochs):
@@ -230,19 +242,24 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = lr
             x, yb = normalize(xb, mean, std).to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            target = yb
+            if mixup is not None:
+                x, target = mixup(x, yb)  # soft targets (N, K)
             with autocast(cfg.amp, dev):
                 logits = model(x)
-                out = objective(logits, x, yb)
+                out = objective(logits, x, target)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
-            if ema is not None:
-                ema.update(model, step=epoch * steps + step)
+            averager.after_step(model, epoch * steps + step)
             n = len(yb)
             tot_loss += out["loss"].item() * n
-            tot_correct += (logits.argmax(1) == yb).sum().item()
+            tot_correct += (logits.argmax(1) == yb).sum().item()  # against the true labels
             tot_n += n
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}", lr=f"{lr:.3g}")
+        averager.after_epoch(model, epoch, lambda: (normalize(train[0][i : i + 128], mean, std).to(dev)
+                                                    for i in range(0, len(train[0]), 128)))  # fmt: skip
+        eval_model = averager.eval_model(model, epoch)
         val_logits = predict_logits(eval_model, val[0], mean, std, amp=cfg.amp)
         val_y = torch.from_numpy(val[1])
         val_loss = F.cross_entropy(torch.from_numpy(val_logits), val_y).item() if len(val_y) else math.nan
@@ -266,8 +283,7 @@ def fit(
                 out_dir / "best", eval_model, {**card, "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss}
             )
         _save_optimizer(out_dir / "last.optim.safetensors", opt, model)
-        if ema is not None:
-            save_tensors(out_dir / "last.ema.safetensors", ema.module.state_dict())
+        averager.save(out_dir / "last.avg.safetensors")
         save_checkpoint(out_dir / "last", model, {**card, "epoch": epoch, "best": best, "train_seconds": elapsed})
         _write_history(out_dir / "metrics.csv", history)
         if on_epoch_end is not None:
