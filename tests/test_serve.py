@@ -19,9 +19,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from defectlite import Predictor
+from defectlite.checkpoint import load_checkpoint, save_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.serve import create_app
 from test_explain import neu_images, tiny_run
@@ -251,6 +253,15 @@ def test_explain_unavailable_without_the_checkpoint(run_dir, images, tmp_path):
         resp = httpx.post(url + "/v1/explain", files=upload(images[0]))
         assert_error(resp, 501, "explain_unavailable")
         assert httpx.post(url + "/v1/predict", files=upload(images[0])).status_code == 200
+    # a checkpoint of another model beside the ONNX (same card, other weights) is refused, not explained
+    model, card = load_checkpoint(run_dir / "model")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    save_checkpoint(tmp_path / "model", model, card)
+    with live_server(create_app(tmp_path / "model.onnx", threads=1)) as url:
+        info = httpx.get(url + "/v1/model").json()
+        assert info["explain"] is False and "another model" in info["explain_detail"]
 
 
 def test_serve_command_runs_uvicorn(run_dir, images):

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -57,6 +58,7 @@ from defectlite.errors import CheckpointError, ConfigError, DataError
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+PARITY_TOL_EXPLAIN = 1e-3  # max |logit difference| between the checkpoint and the ONNX model on a random input
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
 
@@ -80,8 +82,14 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
     except (CheckpointError, ConfigError) as e:
         return None, str(e)
     c = explainer.card
-    if list(c["classes"]) != predictor.classes or tuple(c["input_size"]) != predictor.input_size:
-        return None, "the PyTorch checkpoint beside the ONNX file has other classes or input size"
+    same = [list(c["classes"]), tuple(c["input_size"]), int(c["in_chans"])]
+    if same != [predictor.classes, predictor.input_size, predictor.channels]:
+        return None, "the PyTorch checkpoint beside the ONNX file has other classes, input size or channels"
+    x = np.random.default_rng(0).standard_normal((1, predictor.channels, *predictor.input_size)).astype(np.float32)
+    with torch.no_grad():
+        diff = float(np.abs(explainer.model(torch.from_numpy(x)).numpy() - predictor.logits(x)).max())
+    if diff > PARITY_TOL_EXPLAIN:
+        return None, f"the PyTorch checkpoint beside the ONNX file is another model (logits differ by {diff:.1e})"
     return explainer, ""
 
 
