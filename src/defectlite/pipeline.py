@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +30,6 @@ from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
 from defectlite.data import SplitData, prepare, resolve_data_path
 from defectlite.data.transforms import normalize, train_augment
 from defectlite.deploy.export import PARITY_TOL, check_parity, export_onnx
-from defectlite.deploy.predictor import softmax
 from defectlite.errors import CheckpointError, ConfigError
 from defectlite.evaluate.metrics import classification_metrics
 from defectlite.evaluate.profile import (
@@ -39,7 +37,6 @@ from defectlite.evaluate.profile import (
     count_params,
     file_size_mb,
     machine,
-    ort_session,
     ort_timing,
     torch_timing,
 )
@@ -249,9 +246,22 @@ def train_run(
         res = train_stage(cfg.student, "student", cfg, data, run_dir, teacher, progress, hard_alpha=hard_alpha)
         stages["student"] = stage_summary(cfg.student, res)
     report = finish_run(run_dir, cfg, data, stages, deploy_stage)
+    report["gradcam"] = gradcam_per_class(run_dir)
     report["wall_minutes"] = (time.perf_counter() - t0) / 60
     write_report(run_dir, report)
     return report
+
+
+def gradcam_per_class(run_dir: Path) -> dict[str, str]:
+    """One Grad-CAM overlay per class for the report (file names in ``run_dir``); an explanation that
+    fails is logged and left out, it never costs the run."""
+    from defectlite.evaluate.explain import explain_per_class
+
+    try:
+        return {c: p.name for c, p in explain_per_class(run_dir).items()}
+    except Exception as e:  # noqa: BLE001 - explanations are a report extra
+        log.warning("Grad-CAM overlays skipped: %s", e)
+        return {}
 
 
 def finish_run(
@@ -349,47 +359,6 @@ def profile_model(train_form: nn.Module, deployed: nn.Module, run_dir: Path, cfg
         "weights_mb": file_size_mb(run_dir / "model.safetensors"),
         "timings": [t.as_dict() for t in timings],
     }
-
-
-def evaluate_onnx(path: Path, data: SplitData, card: dict[str, Any]) -> dict[str, float]:
-    """Validation and test accuracy (and test MCC) of an ONNX model in ONNX Runtime."""
-    sess = ort_session(path, threads=os.cpu_count() or 1)
-    out = {}
-    for split in ("val", "test"):
-        x, y = data.subset(split)
-        logits = np.concatenate(
-            [
-                sess.run(
-                    None, {sess.get_inputs()[0].name: normalize(x[i : i + 64], card["mean"], card["std"]).numpy()}
-                )[0]
-                for i in range(0, len(x), 64)
-            ]
-        )
-        pred = softmax(logits).argmax(1)
-        out[f"{split}_accuracy"] = float((pred == y).mean())
-        if split == "test":
-            out["test_mcc"] = classification_metrics(y, pred, data.classes)["mcc"]
-    return out
-
-
-def onnx_cost(onnx_path: Path, model: nn.Module | None, shape, threads: int, batch: int) -> dict[str, Any]:
-    """Size, ONNX Runtime batch-1 latency (``threads``) and batch-``batch`` throughput (all cores); params and
-    MACs of ``model`` (deployed form) when given."""
-    b1 = ort_timing(onnx_path, shape, threads=threads, warmup=20, runs=200)
-    bn = ort_timing(onnx_path, (batch, *shape[1:]), threads=os.cpu_count() or 1, warmup=2, runs=5)
-    out = {
-        "onnx_mb": file_size_mb(onnx_path),
-        "ort_b1_ms": b1.median_ms,
-        "ort_b1_p95_ms": b1.p95_ms,
-        "ort_throughput": bn.images_per_s,
-        "threads_b1": threads,
-        "threads_throughput": bn.threads,
-    }
-    if model is not None:
-        deployed = reparameterize(model)
-        out["params"] = count_params(deployed)
-        out["macs"] = count_macs(deployed, shape)
-    return out
 
 
 def export_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class Predictor:
         if not images:
             return []
         probs = softmax(self.logits(self.preprocess(images, names)))
-        return [self._prediction(p) for p in probs]
+        return [self.prediction(p) for p in probs]
 
     def predict_each(
         self, images: Sequence[ImageSource], names: Sequence[str] | None = None
@@ -118,13 +118,14 @@ class Predictor:
         if inputs:
             probs = softmax(self.logits(np.stack(inputs)))
             for i, p in zip(slots, probs):
-                out[i] = self._prediction(p)
+                out[i] = self.prediction(p)
         return out
 
     def predict(self, image: ImageSource) -> Prediction:
         """Classify one image (a path, encoded bytes, a PIL image or a uint8 array)."""
         return self.predict_batch([image])[0]
 
-    def _prediction(self, p: np.ndarray) -> Prediction:
+    def prediction(self, p: np.ndarray) -> Prediction:
+        """A :class:`Prediction` from one row of class probabilities (K,)."""
         i = int(p.argmax())
         return Prediction(self.classes[i], i, float(p[i]), {c: float(v) for c, v in zip(self.classes, p)})

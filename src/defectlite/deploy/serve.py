@@ -202,7 +202,7 @@ def create_app(
             raise ApiError(503, "busy", f"the model is busy, try again ({e})") from None
         results = []
         for f, row in zip(files, probs):
-            p = predictor._prediction(row)  # same package: the Predictor's own probabilities -> Prediction
+            p = predictor.prediction(row)
             results.append(
                 {
                     "file": f.filename,

@@ -125,6 +125,13 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"fused vs training form {e['reparam_max_abs_diff']:.2e}.",
             "",
         ]
+    if r.get("gradcam"):
+        lines += [
+            "## Where the model looks (Grad-CAM on one test image per class, a correctly classified one where there is one)",
+            "",
+        ]
+        lines += [f"| {' | '.join(r['gradcam'])} |", f"|{'---|' * len(r['gradcam'])}"]
+        lines += ["| " + " | ".join(f"![{c}]({png})" for c, png in r["gradcam"].items()) + " |", ""]
     if r.get("paper"):
         lines += _paper_table(r)
     return "\n".join(lines) + "\n"

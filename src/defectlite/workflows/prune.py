@@ -28,8 +28,9 @@ from defectlite.compress.prune import channel_counts, prune_channels
 from defectlite.compress.quantize import quantize_onnx
 from defectlite.compress.reparam import reparameterize
 from defectlite.data.transforms import normalize
+from defectlite.evaluate.onnx_eval import evaluate_onnx, onnx_cost
 from defectlite.evaluate.report import write_gamma_plot
-from defectlite.pipeline import evaluate_onnx, export_and_check, load_data, load_run_config, onnx_cost, train_stage
+from defectlite.pipeline import export_and_check, load_data, load_run_config, train_stage
 from defectlite.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)

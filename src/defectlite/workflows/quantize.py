@@ -8,7 +8,8 @@ from typing import Any
 from defectlite.compress.quantize import quantize_onnx
 from defectlite.data.transforms import normalize
 from defectlite.deploy.export import read_metadata
-from defectlite.pipeline import evaluate_onnx, load_data, load_run_config, onnx_cost
+from defectlite.evaluate.onnx_eval import evaluate_onnx, onnx_cost
+from defectlite.pipeline import load_data, load_run_config
 
 
 def quantize_and_compare(
