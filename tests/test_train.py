@@ -1,0 +1,65 @@
+"""Training-loop building blocks: schedules, weight averaging, augmentation switches, compare specs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from defectlite.cli.compare import split_models
+from defectlite.data.transforms import train_augment
+from defectlite.errors import ConfigError
+from defectlite.models import create_model
+from defectlite.train.averaging import WeightAverage
+from defectlite.train.config import OptimCfg
+from defectlite.train.loop import lr_at
+from defectlite.workflows.compare import parse_model_spec
+
+
+def test_lr_schedules():
+    cos = OptimCfg(epochs=10, lr=0.1, warmup_epochs=1, schedule="cosine")
+    assert lr_at(0, cos) == pytest.approx(0.01)  # warm-up starts at lr / 10
+    assert lr_at(1, cos) == pytest.approx(0.1)
+    assert lr_at(5.5, cos) == pytest.approx(0.05)
+    assert lr_at(10, cos) == pytest.approx(0.0)
+    step = OptimCfg(epochs=25, lr=0.01, warmup_epochs=0, schedule="multistep", milestones=[15], gamma=0.1)
+    assert lr_at(14.9, step) == pytest.approx(0.01) and lr_at(15, step) == pytest.approx(0.001)  # WeldNet paper
+    swa = OptimCfg(epochs=10, lr=0.1, warmup_epochs=0, swa_epochs=3, swa_lr=0.02)
+    assert lr_at(6.9, swa) > 0.02 and lr_at(7, swa) == 0.02
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(3, OptimCfg(schedule="linear", warmup_epochs=0))
+
+
+def test_weight_average_swa_averages_epoch_ends():
+    model = create_model("eg_repvgg", num_classes=3)
+    avg = WeightAverage(model, OptimCfg(epochs=4, swa_epochs=2, ema_decay=0.0))
+    assert avg.eval_model(model, 1) is model  # SWA has not begun
+    p = next(model.parameters())
+    seen = []
+    for epoch in range(4):
+        with torch.no_grad():
+            p.fill_(float(epoch))
+        seen.append(float(epoch))
+        avg.after_epoch(model, epoch, lambda: [torch.randn(4, 1, 32, 32)])
+    averaged = next(avg.eval_model(model, 3).parameters())
+    assert torch.allclose(averaged, torch.full_like(averaged, (2 + 3) / 2))  # mean of the last 2 epoch ends
+    with pytest.raises(ConfigError, match="not both"):
+        WeightAverage(model, OptimCfg(swa_epochs=2, ema_decay=0.99))
+
+
+def test_augment_switches_keep_uint8_shape():
+    aug = train_augment(rotate_deg=10, brightness=0.2, contrast=0.2, erasing=1.0)
+    x = torch.full((1, 48, 48), 128, dtype=torch.uint8)
+    y = aug(x)
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert (y == 0).any()  # the erased rectangle (and rotation corners) are zero
+    assert train_augment(hflip=False, vflip=False) is None
+
+
+def test_compare_model_specs():
+    assert split_models("a,dsc_cnn_140k[blurpool=true,se=true], timm:resnet18") == [
+        "a",
+        "dsc_cnn_140k[blurpool=true,se=true]",
+        "timm:resnet18",
+    ]
+    assert parse_model_spec("dsc_cnn_140k[blurpool=true,se=false]") == ("dsc_cnn_140k", {"blurpool": True, "se": False})
+    assert parse_model_spec("eg_repvgg") == ("eg_repvgg", {})
