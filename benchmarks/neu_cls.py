@@ -179,8 +179,8 @@ def render(r: dict) -> str:
         f"Overrides: {r['overrides'] or 'none'}. Machine: {r['machine']['cpu']}, torch {r['machine']['torch']}, "
         f"onnxruntime {r['machine']['onnxruntime']}.",
         "",
-        "| seed | test acc | test MCC | teacher acc | train min | wall min | params | MACs (M) | torch b1 ms | ORT b1 ms"
-        " | ORT b64 img/s |",
+        "| seed | test acc | test MCC | teacher acc | train min | wall min | params | MACs (M) | torch b1 ms "
+        "| ORT b1 ms | ORT b64 img/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["per_seed"]:

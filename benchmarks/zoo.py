@@ -1,0 +1,69 @@
+"""Model-zoo comparison on NEU-CLS and casting-product: one `defectlite compare` per data set.
+
+Each writes ``comparison.md``, ``comparison.json`` and ``pareto.png`` in ``<runs>/<dataset>/``; this
+script copies the tables to ``benchmarks/results/zoo_<dataset>.md``. Resumes: finished runs are
+reused. Usage::
+
+    python benchmarks/zoo.py --seeds 3                 # hours on 2 cores
+    python benchmarks/zoo.py --seeds 1 --only neu --set student.optim.epochs=2     # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SETS = {
+    "neu": (
+        "neu-compare-fast",
+        "eg_repvgg,repvgg_tiny,pdmsnet,squeezenet_bn_sc,dsc_cnn_140k,conv3_cnn_140k,weldnet,"
+        "mobilenetv3_small_050,mobilenetv3_small_100,shufflenetv2",
+    ),
+    "casting": (
+        "casting-compare-fast",
+        "eg_repvgg,dsc_cnn_140k,conv3_cnn_140k,dsc_cnn_340k,dsc_cnn_340k[blurpool=true],"
+        "dsc_cnn_340k[se=true],pdmsnet,mobilenetv3_small_050,shufflenetv2",
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench-zoo"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--only", choices=sorted(SETS), action="append", help="data sets to run (default: all)")
+    ap.add_argument("--models", help="override the model list (one data set)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    for name in args.only or sorted(SETS):
+        recipe, models = SETS[name]
+        out = args.runs / name
+        cmd = [
+            "defectlite",
+            "-q",
+            "compare",
+            "--recipe",
+            recipe,
+            "--models",
+            args.models or models,
+            "--seeds",
+            str(args.seeds),
+            "--out",
+            str(out),
+            *[a for o in args.overrides for a in ("--set", o)],
+        ]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "comparison.md", args.out / f"zoo_{name}.md")
+        shutil.copy(out / "comparison.json", args.out / f"zoo_{name}.json")
+        shutil.copy(out / "pareto.png", args.out / f"zoo_{name}_pareto.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
