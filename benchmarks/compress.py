@@ -150,8 +150,8 @@ def render(r: dict) -> str:
         for q in r["quantize"]:
             lines.append(
                 f"| {Path(q['run']).name} | {100 * q['fp32']['test_accuracy']:.2f} | "
-                f"{100 * q['int8']['test_accuracy']:.2f} | {100 * q['delta_accuracy']:+.2f} | {q['fp32']['ort_b1_ms']:.3f} | {q['int8']['ort_b1_ms']:.3f} | "
-                f"{q['speedup']:.2f}x |"
+                f"{100 * q['int8']['test_accuracy']:.2f} | {100 * q['delta_accuracy']:+.2f} | "
+                f"{q['fp32']['ort_b1_ms']:.3f} | {q['int8']['ort_b1_ms']:.3f} | {q['speedup']:.2f}x |"
             )
     return "\n".join(lines) + "\n"
 
