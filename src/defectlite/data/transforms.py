@@ -107,6 +107,25 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(axis=(0, 2, 3)).round(4).tolist(), np.maximum(x.std(axis=(0, 2, 3)), 1e-3).round(4).tolist()
 
 
+class _RandomCropResize(torch.nn.Module):
+    """Crop ``share`` of each side at a random position, then resize back (bilinear) to the input size."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__()
+        if not 0.0 < share <= 1.0:
+            raise DataError(f"crop share must be in (0, 1], got {share}")
+        self.share = share
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        h, w = x.shape[-2:]
+        ch, cw = max(1, round(h * self.share)), max(1, round(w * self.share))
+        top = int(torch.randint(0, h - ch + 1, ()).item())
+        left = int(torch.randint(0, w - cw + 1, ()).item())
+        return TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=True)
+
+
 def train_augment(
     *,
     hflip: bool = True,
@@ -115,6 +134,7 @@ def train_augment(
     brightness: float = 0.0,
     contrast: float = 0.0,
     erasing: float = 0.0,
+    crop: float = 1.0,
 ):
     """Training augmentation on uint8 tensors (C, H, W), from ``torchvision.transforms.v2``.
 
@@ -123,10 +143,14 @@ def train_augment(
         rotate_deg: random rotation in [-rotate_deg, rotate_deg] degrees, bilinear, zero fill.
         brightness, contrast: ColorJitter strengths (0 = off).
         erasing: probability of erasing one random rectangle (random erasing / cutout; Zhong et al. 2020).
+        crop: < 1 takes a random crop of this share of each side and resizes it back to the input size
+            (the WeldNet paper crops 600 x 731 of 800 x 974, i.e. 0.75).
     """
     from torchvision.transforms import v2
 
     ops: list = []
+    if crop < 1.0:
+        ops.append(_RandomCropResize(crop))
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     if vflip:

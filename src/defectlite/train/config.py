@@ -44,6 +44,7 @@ class AugmentCfg:
     brightness: float = 0.2  # ColorJitter brightness (0 = off)
     contrast: float = 0.2  # ColorJitter contrast (0 = off)
     erasing: float = 0.0  # probability of random erasing / cutout of one rectangle (0 = off)
+    crop: float = 1.0  # < 1: random crop of this share of each side, resized back (WeldNet paper: 600/800)
 
 
 @dataclass

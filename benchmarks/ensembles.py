@@ -1,0 +1,164 @@
+"""Ensemble-distillation benchmark (WeldNet paper, Tables 3-4) on NEU-CLS and casting-product.
+
+For each data set, model, training-set fraction and seed: ``defectlite train --recipe <ds>-ensemble-fast
+--ensemble 5 --set student.model=<model> --set data.train_fraction=<f> --seed <s>`` (resumable). Then a
+table like Tables 3-4: single model (mean of the 5 members), mean ensemble, focal ensemble, FE + KD
+student, test accuracy mean ± std over seeds, parameters, and ONNX Runtime batch-1 latency of a single
+member, the focal ensemble and the student (exported the same way, measured interleaved in one process).
+
+    python benchmarks/ensembles.py --seeds 3 --fractions 0.1        # the reduced-data study
+    python benchmarks/ensembles.py --seeds 1 --fractions 1.0        # full training sets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from defectlite.checkpoint import load_checkpoint
+from defectlite.compress.reparam import reparameterize
+from defectlite.deploy.export import export_onnx
+from defectlite.evaluate.profile import count_params
+from defectlite.train.ensemble import Ensemble
+from defectlite.utils import atomic_write_json, atomic_write_text
+from defectlite.workflows.compare import interleaved_latency
+from defectlite.workflows.ensemble import member_dirs
+
+
+def run_one(ds: str, model: str, fraction: float, seed: int, run_dir: Path, epochs: int | None) -> dict:
+    if not (run_dir / "report.json").is_file():
+        if (run_dir / "config.yaml").is_file():
+            cmd = ["defectlite", "-q", "train", "--resume", str(run_dir)]
+        else:
+            cmd = [
+                "defectlite",
+                "-q",
+                "train",
+                "--recipe",
+                f"{ds}-ensemble-fast",
+                "--seed",
+                str(seed),
+                "--out",
+                str(run_dir),
+                "--set",
+                f"student.model={model}",
+                "--set",
+                f"data.train_fraction={fraction}",
+            ]
+            if epochs:
+                cmd += ["--set", f"student.optim.epochs={epochs}"]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def ensemble_onnx(run_dir: Path, method: str = "focal", k: float = 2.0) -> tuple[Path, Path, int]:
+    """Export member 0 and the whole ensemble (same exporter) for the latency comparison."""
+    single, ens = run_dir / "member0.onnx", run_dir / f"ensemble_{method}.onnx"
+    members, card = [], None
+    for d in member_dirs(run_dir):
+        model, card = load_checkpoint(d / "best")
+        members.append(reparameterize(model))
+    if not single.is_file():
+        export_onnx(members[0], card, single)
+    if not ens.is_file():
+        export_onnx(Ensemble(members, method, k), {**card, "model": f"{method}-ensemble of {len(members)}"}, ens)
+    return single, ens, sum(count_params(m) for m in members)
+
+
+def summarise(reports: list[dict]) -> dict[str, tuple[float, float]]:
+    def ms(xs):
+        return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    singles = [
+        statistics.fmean(v["accuracy"] for k, v in r["test_all"].items() if k.startswith("member")) for r in reports
+    ]
+    return {
+        "single (member mean)": ms(singles),
+        "mean ensemble": ms([r["test_all"]["mean_ensemble"]["accuracy"] for r in reports]),
+        "focal ensemble": ms([r["test_all"]["focal_ensemble"]["accuracy"] for r in reports]),
+        "FE + KD student": ms([r["test_all"]["student"]["accuracy"] for r in reports]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--datasets", default="neu,casting")
+    ap.add_argument("--models", default="weldnet,resnet18")
+    ap.add_argument("--fractions", default="0.1", help="comma-separated training-set fractions")
+    ap.add_argument("--epochs", type=int, help="override epochs (default: recipe; 3x for fractions < 0.5)")
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench-ensembles"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args(argv)
+    groups = []
+    for ds in args.datasets.split(","):
+        for model in args.models.split(","):
+            for fraction in map(float, args.fractions.split(",")):
+                epochs = args.epochs or (60 if fraction < 0.5 else None)
+                reports, folders = [], []
+                for seed in range(args.seeds):
+                    folder = args.runs / ds / model / f"f{fraction:g}" / f"seed{seed}"
+                    reports.append(run_one(ds, model, fraction, seed, folder, epochs))
+                    folders.append(folder)
+                single, ens, ens_params = ensemble_onnx(folders[0])
+                lat = interleaved_latency(
+                    {"single": single, "focal ensemble": ens, "student": folders[0] / "model.onnx"}
+                )
+                groups.append(
+                    {
+                        "dataset": ds,
+                        "model": model,
+                        "fraction": fraction,
+                        "seeds": args.seeds,
+                        "train_images": reports[0]["data"]["counts"]["train"],
+                        "accuracy": summarise(reports),
+                        "params_single": reports[0]["profile"]["params_deployed"],
+                        "params_ensemble": ens_params,
+                        "latency": lat,
+                    }
+                )
+    result = {"groups": groups}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "_".join(f"f{float(f):g}" for f in args.fractions.split(","))
+    atomic_write_json(args.out / f"ensembles_{tag}.json", result)
+    atomic_write_text(args.out / f"ensembles_{tag}.md", render(result))
+    print(render(result))
+    return 0
+
+
+def render(r: dict) -> str:
+    """Tables 3-4 of the WeldNet paper, per data set / model / training fraction."""
+    lines = ["# Ensembles and ensemble-distillation (WeldNet paper Tables 3-4)", ""]
+    for g in r["groups"]:
+        lat = g["latency"]
+        gain = g["accuracy"]["focal ensemble"][0] - g["accuracy"]["single (member mean)"][0]
+        kept = g["accuracy"]["FE + KD student"][0] - g["accuracy"]["single (member mean)"][0]
+        lines += [
+            f"## {g['dataset']}, {g['model']}, {100 * g['fraction']:g} % of the training split "
+            f"({g['train_images']} images), {g['seeds']} seeds",
+            "",
+            "| | test accuracy (mean ± std) | params | ORT b1 ms (1 thread) |",
+            "|---|---|---|---|",
+        ]
+        for name, (m, s) in g["accuracy"].items():
+            params = g["params_ensemble"] if "ensemble" in name else g["params_single"]
+            key = {"single (member mean)": "single", "FE + KD student": "student"}.get(name, "focal ensemble")
+            ms = lat[key]["median_ms"] if name != "mean ensemble" else lat["focal ensemble"]["median_ms"]
+            lines.append(f"| {name} | {100 * m:.2f} ± {100 * s:.2f} % | {params:,} | {ms:.3f} |")
+        share = f"{100 * kept / gain:.0f} %" if gain > 0 else "n/a (no ensemble gain)"
+        lines += [
+            "",
+            f"Focal-ensemble gain over a single model: {100 * gain:+.2f} points; the distilled student "
+            f"keeps {100 * kept:+.2f} points ({share} of the gain).",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
