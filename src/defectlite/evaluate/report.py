@@ -127,7 +127,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         ]
     if r.get("gradcam"):
         lines += [
-            "## Where the model looks (Grad-CAM on one test image per class, a correctly classified one where there is one)",
+            "## Where the model looks",
+            "",
+            "Grad-CAM on one test image per class (a correctly classified one where there is one):",
             "",
         ]
         lines += [f"| {' | '.join(r['gradcam'])} |", f"|{'---|' * len(r['gradcam'])}"]
