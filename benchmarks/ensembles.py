@@ -22,10 +22,9 @@ from pathlib import Path
 from defectlite.checkpoint import load_checkpoint
 from defectlite.compress.reparam import reparameterize
 from defectlite.deploy.export import export_onnx
-from defectlite.evaluate.profile import count_params
+from defectlite.evaluate.profile import count_params, interleaved_ort_latency
 from defectlite.train.ensemble import Ensemble
 from defectlite.utils import atomic_write_json, atomic_write_text
-from defectlite.workflows.compare import interleaved_latency
 from defectlite.workflows.ensemble import member_dirs
 
 
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     reports.append(run_one(ds, model, fraction, seed, folder, epochs))
                     folders.append(folder)
                 single, ens, ens_params = ensemble_onnx(folders[0])
-                lat = interleaved_latency(
+                lat = interleaved_ort_latency(
                     {"single": single, "focal ensemble": ens, "student": folders[0] / "model.onnx"}
                 )
                 groups.append(

@@ -23,11 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from defectlite.deploy.export import export_onnx, read_metadata
-from defectlite.evaluate.profile import machine, ort_session, time_call
+from defectlite.evaluate.profile import interleaved_ort_latency, machine
 from defectlite.models import create_model
 from defectlite.utils import atomic_write_json, atomic_write_text
 
@@ -58,34 +57,6 @@ def export_baseline(name: str, shape: tuple[int, int, int], folder: Path) -> Pat
                 "mean": [0.5] * c, "std": [0.25] * c}  # fmt: skip
         export_onnx(model, card, path)
     return path
-
-
-def interleaved_latency(models: dict[str, Path], threads: int, rounds: int, runs: int, warmup: int) -> dict:
-    """Batch-1 ONNX Runtime latency per model: ``rounds`` x ``runs`` timed calls, interleaved by round.
-
-    Returns per model: median and p95 ms over all timed calls, and the median of per-round medians.
-    """
-    sessions = {}
-    for name, path in models.items():
-        sess = ort_session(path, threads)
-        meta = read_metadata(path)
-        x = np.random.default_rng(0).standard_normal((1, meta["channels"], *meta["input_size"])).astype(np.float32)
-        sessions[name] = (sess, sess.get_inputs()[0].name, x)
-    samples: dict[str, list[np.ndarray]] = {n: [] for n in models}
-    for _ in range(rounds):
-        for name, (sess, inp, x) in sessions.items():
-            samples[name].append(time_call(lambda s=sess, i=inp, v=x: s.run(None, {i: v}), warmup=warmup, runs=runs))
-    out = {}
-    for name, chunks in samples.items():
-        ms = np.concatenate(chunks)
-        out[name] = {
-            "median_ms": round(float(np.median(ms)), 4),
-            "p95_ms": round(float(np.percentile(ms, 95)), 4),
-            "median_of_round_medians_ms": round(float(np.median([np.median(c) for c in chunks])), 4),
-            "timed_runs": int(len(ms)),
-            "input_shape": [1, *read_metadata(models[name])["input_size"]],
-        }
-    return out
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -141,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         models["mobilenetv3_small_050@200"] = export_baseline("mobilenetv3_small_050", (shape[0], 200, 200), folder)
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
-    duel = interleaved_latency(models, args.threads, args.rounds, args.iters, warmup=50)
+    duel = interleaved_ort_latency(models, threads=args.threads, rounds=args.rounds, runs=args.iters, warmup=50)
     ratios = {
         f"student / {n}": round(duel["student"]["median_ms"] / duel[n]["median_ms"], 3) for n in duel if n != "student"
     }

@@ -129,6 +129,41 @@ def ort_timing(
     return _timing(f"onnxruntime {ort.__version__} CPUExecutionProvider", threads, input_shape, warmup, ms)
 
 
+def interleaved_ort_latency(
+    paths: dict[str, str | Path], *, threads: int = 1, rounds: int = 5, runs: int = 100, warmup: int = 20
+) -> dict[str, dict]:
+    """Batch-1 ONNX Runtime latency of several models, measured round-robin in one process.
+
+    Each round runs ``warmup`` untimed then ``runs`` timed calls of every model in turn, so that
+    drift of the machine hits all models alike; ratios of the medians are comparable.
+
+    Returns:
+        name -> {"median_ms", "p95_ms", "runs", "threads", "input_shape"} over ``rounds`` x ``runs`` calls.
+    """
+    sessions = {}
+    for name, path in paths.items():
+        sess = ort_session(path, threads)
+        inp = sess.get_inputs()[0]
+        shape = [1, *[d if isinstance(d, int) else 1 for d in inp.shape[1:]]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        sessions[name] = (sess, inp.name, x)
+    samples: dict[str, list[np.ndarray]] = {n: [] for n in paths}
+    for _ in range(rounds):
+        for name, (sess, inp, x) in sessions.items():
+            samples[name].append(time_call(lambda s=sess, i=inp, v=x: s.run(None, {i: v}), warmup=warmup, runs=runs))
+    out = {}
+    for name, chunks in samples.items():
+        ms = np.concatenate(chunks)
+        out[name] = {
+            "median_ms": round(float(np.median(ms)), 4),
+            "p95_ms": round(float(np.percentile(ms, 95)), 4),
+            "runs": int(len(ms)),
+            "threads": threads,
+            "input_shape": list(sessions[name][2].shape),
+        }
+    return out
+
+
 def file_size_mb(path: str | Path) -> float:
     """File size in MB (10^6 bytes)."""
     return round(Path(path).stat().st_size / 1e6, 4)

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from defectlite.evaluate.profile import ort_session, time_call
+from defectlite.evaluate.profile import interleaved_ort_latency
 from defectlite.pipeline import train_run
 from defectlite.train.config import RecipeCfg, apply_overrides
 from defectlite.utils import atomic_write, atomic_write_json, atomic_write_text
@@ -28,35 +26,6 @@ log = logging.getLogger(__name__)
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def interleaved_latency(paths: dict[str, Path], *, threads: int = 1, rounds: int = 5, runs: int = 100) -> dict:
-    """Batch-1 ONNX Runtime latency of several models, measured round-robin in one process.
-
-    Returns:
-        name -> {"median_ms", "p95_ms", "runs"} over ``rounds`` x ``runs`` timed calls (20 warm-up calls
-        per round), ``threads`` intra-op threads.
-    """
-    sessions = {}
-    for name, path in paths.items():
-        sess = ort_session(path, threads)
-        inp = sess.get_inputs()[0]
-        shape = [1, *[d if isinstance(d, int) else 1 for d in inp.shape[1:]]]
-        sessions[name] = (sess, inp.name, np.random.default_rng(0).standard_normal(shape).astype(np.float32))
-    samples: dict[str, list[np.ndarray]] = {n: [] for n in paths}
-    for _ in range(rounds):
-        for name, (sess, inp, x) in sessions.items():
-            samples[name].append(time_call(lambda s=sess, i=inp, v=x: s.run(None, {i: v}), warmup=20, runs=runs))
-    out = {}
-    for name, chunks in samples.items():
-        ms = np.concatenate(chunks)
-        out[name] = {
-            "median_ms": round(float(np.median(ms)), 4),
-            "p95_ms": round(float(np.percentile(ms, 95)), 4),
-            "runs": int(len(ms)),
-            "threads": threads,
-        }
-    return out
 
 
 def compare(
@@ -100,7 +69,7 @@ def compare(
                 log.info("compare: %s, seed %d -> %s", spec, seed, run_dir)
                 reports.append(train_run(run_cfg, run_dir, progress=progress))
         rows.append(_summarise(spec, reports, out / spec.replace(":", "_") / f"seed{seeds[0]}" / "model.onnx"))
-    latency = interleaved_latency({r["model"]: Path(r["onnx"]) for r in rows}, threads=threads)
+    latency = interleaved_ort_latency({r["model"]: Path(r["onnx"]) for r in rows}, threads=threads)
     for r in rows:
         r["ort_b1_ms"] = latency[r["model"]]["median_ms"]
         r["ort_b1_p95_ms"] = latency[r["model"]]["p95_ms"]
@@ -200,4 +169,4 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-__all__ = ["compare", "interleaved_latency", "parse_model_spec", "render_comparison"]
+__all__ = ["compare", "parse_model_spec", "render_comparison"]
