@@ -29,12 +29,9 @@ class Fire(nn.Module):
         shortcut: add the input to the output (only allowed when C_in == 2 * expand).
         expand3: None for SqueezeNet's 3x3 conv, else the depthwise kernel sizes of a
             :class:`MixedDepthwiseSeparable` ((3,) = depthwise-separable, (3, 5, 7) = DMS).
-        partial: split the squeeze channels: the first half feeds only the 1x1 branch, the second
-            half only the 3x3/DMS branch (our reading of PDMSNet's "partial" module; see
-            ``defectlite.models.pdmsnet``). False: both branches see all s channels.
 
     Raises:
-        ValueError: ``shortcut`` with C_in != 2 * expand, or ``partial`` with fewer than 2 squeeze channels.
+        ValueError: ``shortcut`` with C_in != 2 * expand.
     """
 
     def __init__(
@@ -46,29 +43,23 @@ class Fire(nn.Module):
         bn: bool = False,
         shortcut: bool = False,
         expand3: Sequence[int] | None = None,
-        partial: bool = False,
     ) -> None:
         super().__init__()
         if shortcut and in_chans != 2 * expand:
             raise ValueError(f"a shortcut needs in_chans == 2 * expand, got {in_chans} and {expand}")
-        if partial and squeeze < 2:
-            raise ValueError(f"partial needs at least 2 squeeze channels, got {squeeze}")
         self.shortcut = shortcut
-        self.split = squeeze // 2 if partial else 0  # channels of s fed to the 1x1 branch only (0 = no split)
-        s1, s3 = (self.split, squeeze - self.split) if partial else (squeeze, squeeze)
         self.squeeze = nn.Conv2d(in_chans, squeeze, 1)
         self.bn_s = nn.BatchNorm2d(squeeze) if bn else nn.Identity()
-        self.expand1 = nn.Conv2d(s1, expand, 1)
+        self.expand1 = nn.Conv2d(squeeze, expand, 1)
         self.bn_1 = nn.BatchNorm2d(expand) if bn else nn.Identity()
         if expand3 is None:
-            self.expand3: nn.Module = nn.Conv2d(s3, expand, 3, padding=1)
+            self.expand3: nn.Module = nn.Conv2d(squeeze, expand, 3, padding=1)
         else:
-            self.expand3 = MixedDepthwiseSeparable(s3, expand, tuple(expand3))
+            self.expand3 = MixedDepthwiseSeparable(squeeze, expand, tuple(expand3))
         self.bn_3 = nn.BatchNorm2d(expand) if bn else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.act(self.bn_s(self.squeeze(x)))
-        s1, s3 = (s[:, : self.split], s[:, self.split :]) if self.split else (s, s)
-        y = torch.cat([self.act(self.bn_1(self.expand1(s1))), self.act(self.bn_3(self.expand3(s3)))], 1)
+        y = torch.cat([self.act(self.bn_1(self.expand1(s))), self.act(self.bn_3(self.expand3(s)))], 1)
         return y + x if self.shortcut else y
