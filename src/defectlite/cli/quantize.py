@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=256, help="calibration images")
     p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
+    p.add_argument(
+        "--min-reduction",
+        type=int,
+        default=128,
+        help="quantise only convs with C_in/groups x kH x kW >= this (smaller ones are memory-bound)",
+    )
     p.add_argument("--out", type=Path, help="output file (default: MODEL.int8.onnx)")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=run)

@@ -5,6 +5,13 @@ runs with its VNNI / AMX INT8 kernels); the calibration images are training imag
 images. Re-parameterised RepVGG-style kernels are known to quantise badly per tensor (Chu et al.
 2022, "Make RepVGG Greater Again": the fused identity / 1x1 branches give channels very different
 weight ranges), so weights are quantised per output channel by default.
+
+Which convolutions to quantise is decided per layer: a conv with a short reduction
+(C_in / groups x kH x kW < ``min_reduction``, e.g. EG-RepVGG's first three blocks with 1 and 9 input
+channels at 100 x 100 and 50 x 50) is memory-bound, so quantising and de-quantising its large
+activation map costs more than its INT8 arithmetic saves; such convs, and 1-D convs (ECA's
+channel attention), stay in float. Measured on EG-RepVGG (ONNX Runtime, 1 thread): all convs INT8
+1.23 ms, convs with reduction >= 128 INT8 0.54 ms, float32 0.77 ms.
 """
 
 from __future__ import annotations
@@ -20,6 +27,20 @@ from defectlite.errors import ConfigError
 from defectlite.utils import atomic_write
 
 log = logging.getLogger(__name__)
+
+
+def _short_convs(model, min_reduction: int) -> list[str]:
+    """Names of Conv nodes to keep in float: 1-D convs, and 2-D convs whose reduction
+    (C_in / groups x kH x kW, from the weight shape) is below ``min_reduction``."""
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.input[1] not in weights:
+            continue
+        dims = weights[node.input[1]]  # (C_out, C_in / groups, kH[, kW])
+        if len(dims) != 4 or int(np.prod(dims[1:])) < min_reduction:
+            out.append(node.name)
+    return out
 
 
 class _ArrayReader:
@@ -43,6 +64,7 @@ def quantize_onnx(
     per_channel: bool = True,
     method: str = "minmax",
     exclude: list[str] | None = None,
+    min_reduction: int = 128,
 ) -> Path:
     """Write an INT8 (QDQ) copy of an ONNX classifier, calibrated on ``calibration``.
 
@@ -53,6 +75,7 @@ def quantize_onnx(
         per_channel: per-output-channel weight scales (default; needed for fused RepVGG kernels).
         method: activation range calibration: ``minmax``, ``entropy`` or ``percentile``.
         exclude: node names to keep in float32.
+        min_reduction: quantise a conv only if C_in / groups x kH x kW is at least this (0 = all 2-D convs).
 
     Raises:
         ConfigError: unknown calibration method or empty calibration set.
@@ -76,6 +99,8 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
+        keep_float = [*(exclude or []), *_short_convs(onnx.load(str(pre)), min_reduction)]
+        log.info("quantize: keeping %d conv(s) in float: %s", len(keep_float), keep_float)
         quantize_static(
             str(pre),
             str(q),
@@ -85,7 +110,8 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
-            nodes_to_exclude=exclude or [],
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+            nodes_to_exclude=keep_float,
         )
         proto = onnx.load(str(q))
     if METADATA_KEY in meta:

@@ -21,6 +21,7 @@ def quantize_and_compare(
     method: str = "minmax",
     per_channel: bool = True,
     threads: int = 1,
+    min_reduction: int = 128,
 ) -> dict[str, Any]:
     """Quantise ``model`` to INT8 with ``calib_run``'s training images; compare FP32 and INT8 on its test split.
 
@@ -35,7 +36,7 @@ def quantize_and_compare(
     data = load_data(cfg, Path(calib_run), progress=False)
     x_cal = normalize(data.subset("train")[0][:images], meta["mean"], meta["std"]).numpy()
     out = Path(out or model.with_suffix(".int8.onnx"))
-    quantize_onnx(model, out, x_cal, per_channel=per_channel, method=method)
+    quantize_onnx(model, out, x_cal, per_channel=per_channel, method=method, min_reduction=min_reduction)
     shape = (1, meta["channels"], *meta["input_size"])
     res = {}
     for name, path in (("fp32", model), ("int8", out)):
