@@ -16,16 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-SETS = {
+SETS = {  # data set -> (recipe, models, extra overrides)
     "neu": (
         "neu-compare-fast",
-        "eg_repvgg,repvgg_tiny,pdmsnet,squeezenet_bn_sc,dsc_cnn_140k,conv3_cnn_140k,weldnet,"
-        "mobilenetv3_small_050,mobilenetv3_small_100,shufflenetv2",
+        "eg_repvgg,repvgg_tiny,pdmsnet,dsc_cnn_140k,conv3_cnn_140k,weldnet,mobilenetv3_small_050,shufflenetv2",
+        ["student.optim.epochs=25"],
     ),
     "casting": (
         "casting-compare-fast",
-        "eg_repvgg,dsc_cnn_140k,conv3_cnn_140k,dsc_cnn_340k,dsc_cnn_340k[blurpool=true],"
-        "dsc_cnn_340k[se=true],pdmsnet,mobilenetv3_small_050,shufflenetv2",
+        "eg_repvgg,dsc_cnn_140k,conv3_cnn_140k,dsc_cnn_340k,dsc_cnn_340k[blurpool=true],dsc_cnn_340k[se=true],"
+        "pdmsnet,mobilenetv3_small_050,shufflenetv2",
+        [],
     ),
 }
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     for name in args.only or sorted(SETS):
-        recipe, models = SETS[name]
+        recipe, models, extra = SETS[name]
         out = args.runs / name
         cmd = [
             "defectlite",
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.seeds),
             "--out",
             str(out),
-            *[a for o in args.overrides for a in ("--set", o)],
+            *[a for o in [*extra, *args.overrides] for a in ("--set", o)],
         ]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
