@@ -56,11 +56,16 @@ def free_port() -> int:
 
 
 def rss_kb(pid: int) -> int:
-    """Resident memory of a process in kB (VmRSS of /proc/<pid>/status)."""
+    """Resident memory in kB (VmRSS of /proc/<pid>/status) of a process and all its descendants
+    (uvicorn's worker processes, with --workers > 1)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+            total = int(line.split()[1])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split() if (task / "children").is_file() else []
+        total += sum(rss_kb(int(c)) for c in children)
+    return total
 
 
 def multipart_request(path: str, name: str, data: bytes) -> bytes:
@@ -179,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, help="server --max-batch (default: the server's)")
     ap.add_argument("--max-wait-ms", type=float, help="server --max-wait-ms (default: the server's)")
     ap.add_argument("--threads", type=int, help="server --threads (default: the server's)")
+    ap.add_argument("--workers", type=int, default=1, help="server --workers (processes)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for serve_load.json / .md")
     args = ap.parse_args(argv)
     if args.requests < RSS_EARLY:
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     cmd = [sys.executable, "-m", "defectlite.cli.main", "-q", "serve", str(model), "--host", HOST, "--port", str(port)]
-    cmd += ["--workers", "1", "--log-level", "warning"]
+    cmd += ["--workers", str(args.workers), "--log-level", "warning"]
     for opt in ("max_batch", "max_wait_ms", "threads"):
         if getattr(args, opt) is not None:
             cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "defectlite serve under load on loopback (benchmarks/serve_load.py)",
         "model": str(model),
         "model_meta": {k: meta.get(k) for k in ("model", "input_size", "channels", "num_params", "defectlite_version")},
-        "server": {"workers": 1, **info["limits"], "ort_threads": info["onnxruntime_threads"]},
+        "server": {"workers": args.workers, **info["limits"], "ort_threads": info["onnxruntime_threads"]},
         "images": {"folder": str(folder), "count": len(images)},
         "requests_per_level": args.requests,
         "levels": levels,
@@ -281,7 +287,8 @@ def render(r: dict) -> str:
             "# defectlite serve: load test",
             "",
             f"Model `{r['model']}` ({m['model']}, input {m['channels']} x {m['input_size'][0]} x {m['input_size'][1]}, "
-            f"{m['num_params']:,} params). Server: 1 worker on {HOST}, max batch {r['server']['max_batch']}, "
+            f"{m['num_params']:,} params). Server: {r['server']['workers']} worker(s) on {HOST}, "
+            f"max batch {r['server']['max_batch']}, "
             f"max wait {r['server']['max_wait_ms']} ms, ONNX Runtime threads: {r['server']['ort_threads']}. "
             f"{n} requests per level, one image each, from {r['images']['count']} images of {r['images']['folder']}; "
             "keep-alive HTTP/1.1 clients on loopback; latency measured by the client.",

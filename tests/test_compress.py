@@ -59,7 +59,7 @@ def test_channel_pruning_keeps_the_model_consistent_and_replays(name, neu64, tmp
     card = {**_card(name, neu64), "transforms": [{"prune_channels": history, "input_shape": list(SHAPE)}]}
     save_checkpoint(tmp_path / "pruned", model, card)
     rebuilt, _ = load_checkpoint(tmp_path / "pruned")  # rebuilt from the card's history, then weights loaded
-    x = normalize(neu64.subset("val")[0], card["mean"], card["std"])
+    x = torch.from_numpy(normalize(neu64.subset("val")[0], card["mean"], card["std"]))
     with torch.no_grad():
         assert torch.allclose(model(x), rebuilt(x), atol=1e-5)
     path = export_onnx(model, card, tmp_path / "pruned.onnx")
@@ -86,9 +86,9 @@ def test_int8_quantisation_keeps_predictions(neu64, tmp_path):
     model = randomize_bn(create_model("resnet18", num_classes=6, in_chans=1)).eval()
     card = _card("resnet18", neu64)
     fp32 = export_onnx(model, card, tmp_path / "m.onnx")
-    calib = normalize(neu64.subset("train")[0], card["mean"], card["std"]).numpy()
+    calib = normalize(neu64.subset("train")[0], card["mean"], card["std"])
     int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calib)
-    x = normalize(neu64.subset("test")[0], card["mean"], card["std"]).numpy()
+    x = normalize(neu64.subset("test")[0], card["mean"], card["std"])
     a = ort_session(fp32, 1).run(None, {"input": x})[0]
     b = ort_session(int8, 1).run(None, {"input": x})[0]
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max()

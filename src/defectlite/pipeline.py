@@ -322,7 +322,7 @@ def export_and_check(onnx_path: Path, model: nn.Module, card: dict[str, Any], im
     """
     export_onnx(model, card, onnx_path)
     diff = check_parity(model, onnx_path, images, card)
-    x = normalize(images, card["mean"], card["std"])
+    x = torch.from_numpy(normalize(images, card["mean"], card["std"]))
     with torch.no_grad():
         reparam_diff = float((model.eval()(x) - reparameterize(model)(x)).abs().max())
     if diff > PARITY_TOL:

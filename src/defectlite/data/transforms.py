@@ -84,21 +84,23 @@ def to_uint8(source: ImageSource, size: Sequence[int], channels: int = 1, name: 
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
 
 
-def normalize(x: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def normalize(x: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Map uint8 pixels to the model's input: ``(x / 255 - mean) / std`` per channel.
 
+    NumPy on purpose: the inference service calls it per request, where PyTorch's per-op overhead
+    was the largest single cost; training wraps the result with ``torch.from_numpy`` (no copy).
+
     Args:
-        x: uint8 (N, C, H, W) or (C, H, W), tensor or array.
+        x: uint8 (N, C, H, W) or (C, H, W), array or CPU tensor.
         mean, std: per-channel statistics in [0, 1] units (length C).
 
     Returns:
-        float32 tensor, same shape.
+        float32 array, same shape.
     """
-    t = torch.as_tensor(x)
-    shape = (-1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32).reshape(shape)
-    s = torch.tensor(std, dtype=torch.float32).reshape(shape)
-    return (t.float() / 255.0 - m) / s
+    a = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    return (a.astype(np.float32) * np.float32(1 / 255) - m) / s
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -127,7 +127,7 @@ def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray, ca
     """
     x = normalize(images, card["mean"], card["std"])
     with torch.no_grad():
-        ref = reparameterize(model)(x).numpy()
+        ref = reparameterize(model)(torch.from_numpy(x)).numpy()
     sess = ort_session(onnx_path, threads=1)
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return float(np.abs(got - ref).max())

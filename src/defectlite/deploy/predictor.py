@@ -88,7 +88,7 @@ class Predictor:
         """
         names = names or [None] * len(images)
         arr = np.stack([to_uint8(im, self.input_size, self.channels, name=n) for im, n in zip(images, names)])
-        return normalize(arr, self.meta["mean"], self.meta["std"]).numpy()
+        return normalize(arr, self.meta["mean"], self.meta["std"])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Run the model on a preprocessed batch (N, C, H, W) -> logits (N, K)."""

@@ -200,7 +200,7 @@ class Explainer:
         """
         img = decode(source, name).convert("L" if self.channels == 1 else "RGB")
         x8 = to_uint8(img, self.input_size, self.channels, name)
-        return img, x8, normalize(np.array(x8[None]), self.card["mean"], self.card["std"])
+        return img, x8, torch.from_numpy(normalize(x8[None], self.card["mean"], self.card["std"]))
 
     def explain(self, source: ImageSource, target: str | None = None, name: str | None = None) -> Explanation:
         """Grad-CAM of ``source`` for class ``target`` (default: the predicted class).

@@ -25,9 +25,7 @@ def evaluate_onnx(path: Path, data: SplitData, card: dict[str, Any]) -> dict[str
         x, y = data.subset(split)
         logits = np.concatenate(
             [
-                sess.run(
-                    None, {sess.get_inputs()[0].name: normalize(x[i : i + 64], card["mean"], card["std"]).numpy()}
-                )[0]
+                sess.run(None, {sess.get_inputs()[0].name: normalize(x[i : i + 64], card["mean"], card["std"])})[0]
                 for i in range(0, len(x), 64)
             ]
         )

@@ -90,7 +90,7 @@ def predict_logits(
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i : i + batch_size], mean, std).to(device)
+        x = torch.from_numpy(normalize(images[i : i + batch_size], mean, std)).to(device)
         with autocast(amp, device):
             out.append(model(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
@@ -105,6 +105,12 @@ def _mixup(cfg: OptimCfg, num_classes: int):
     # label smoothing stays with the objective, so it is applied once
     return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob, label_smoothing=0.0,
                  num_classes=num_classes)  # fmt: skip
+
+
+def clean_batches(images: np.ndarray, mean, std, device, batch_size: int = 128):
+    """Normalised, un-augmented batches (n, C, H, W) of uint8 images, for BN recalibration."""
+    for i in range(0, len(images), batch_size):
+        yield torch.from_numpy(normalize(images[i : i + batch_size], mean, std)).to(device)
 
 
 @dataclass
@@ -241,7 +247,7 @@ def fit(
             lr = lr_at(epoch + step / steps, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, yb = normalize(xb, mean, std).to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            x, yb = torch.from_numpy(normalize(xb, mean, std)).to(dev), yb.to(dev)
             target = yb
             if mixup is not None:
                 x, target = mixup(x, yb)  # soft targets (N, K)
@@ -257,8 +263,7 @@ def fit(
             tot_correct += (logits.argmax(1) == yb).sum().item()  # against the true labels
             tot_n += n
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}", lr=f"{lr:.3g}")
-        averager.after_epoch(model, epoch, lambda: (normalize(train[0][i : i + 128], mean, std).to(dev)
-                                                    for i in range(0, len(train[0]), 128)))  # fmt: skip
+        averager.after_epoch(model, epoch, lambda: clean_batches(train[0], mean, std, dev))
         eval_model = averager.eval_model(model, epoch)
         val_logits = predict_logits(eval_model, val[0], mean, std, amp=cfg.amp)
         val_y = torch.from_numpy(val[1])

@@ -115,7 +115,7 @@ def prune_run(
     int8 = quantize_onnx(
         out / f"{last}.onnx",
         out / f"{last}_int8.onnx",
-        normalize(data.subset("train")[0][:256], card["mean"], card["std"]).numpy(),
+        normalize(data.subset("train")[0][:256], card["mean"], card["std"]),
     )
     rows[f"{last}_int8"] = {
         **evaluate_onnx(int8, data, card),

@@ -34,7 +34,7 @@ def quantize_and_compare(
     meta = read_metadata(model)
     cfg = load_run_config(calib_run)
     data = load_data(cfg, Path(calib_run), progress=False)
-    x_cal = normalize(data.subset("train")[0][:images], meta["mean"], meta["std"]).numpy()
+    x_cal = normalize(data.subset("train")[0][:images], meta["mean"], meta["std"])
     out = Path(out or model.with_suffix(".int8.onnx"))
     quantize_onnx(model, out, x_cal, per_channel=per_channel, method=method, min_reduction=min_reduction)
     shape = (1, meta["channels"], *meta["input_size"])
