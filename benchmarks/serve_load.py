@@ -183,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (default 2000)")
     ap.add_argument("--max-batch", type=int, help="server --max-batch (default: the server's)")
     ap.add_argument("--max-wait-ms", type=float, help="server --max-wait-ms (default: the server's)")
-    ap.add_argument("--threads", type=int, help="server --threads (default: the server's)")
-    ap.add_argument("--workers", type=int, default=1, help="server --workers (processes)")
+    ap.add_argument("--threads", type=int, default=1, help="server --threads per worker")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="server --workers (processes; default: one per core, each with 1 ONNX Runtime thread)",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for serve_load.json / .md")
     args = ap.parse_args(argv)
     if args.requests < RSS_EARLY:

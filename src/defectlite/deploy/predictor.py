@@ -66,18 +66,20 @@ class Predictor:
     Args:
         path: ``model.onnx`` written by ``defectlite export``, or its run folder.
         threads: ONNX Runtime intra-op threads (default 1: lowest batch-1 latency on small models).
+        spinning: let idle ONNX Runtime threads busy-wait (off in the HTTP service, where they would
+            take the CPU from the event loop).
 
     Raises:
         CheckpointError: missing model or missing defectlite metadata.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
+    def __init__(self, path: str | Path, threads: int = 1, *, spinning: bool = True) -> None:
         self.path = resolve_model_path(path)
         self.meta = read_metadata(self.path)
         self.classes: list[str] = list(self.meta["classes"])
         self.input_size: tuple[int, int] = tuple(self.meta["input_size"])
         self.channels: int = int(self.meta["channels"])
-        self.session = ort_session(self.path, threads)
+        self.session = ort_session(self.path, threads, spinning=spinning)
         self._input = self.session.get_inputs()[0].name
 
     def preprocess(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> np.ndarray:
