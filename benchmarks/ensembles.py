@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     result = {"groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "_".join(f"f{float(f):g}" for f in args.fractions.split(","))
+    tag = "_".join([*args.datasets.split(","), *(f"f{float(f):g}" for f in args.fractions.split(","))])
     atomic_write_json(args.out / f"ensembles_{tag}.json", result)
     atomic_write_text(args.out / f"ensembles_{tag}.md", render(result))
     print(render(result))
