@@ -35,6 +35,17 @@ def link_neu_subset(dest: Path, per_class: int, start: int = 1) -> Path:
     return dest
 
 
+def link_casting_subset(dest: Path, per_class: int) -> Path:
+    """Symlink the first ``per_class`` casting images of each class and split into ``dest`` (train/, test/)."""
+    src = data_root() / "casting-product"
+    for split in ("train", "test"):
+        for cls in ("def_front", "ok_front"):
+            (dest / split / cls).mkdir(parents=True)
+            for f in sorted((src / split / cls).iterdir())[:per_class]:
+                os.symlink(f, dest / split / cls / f.name)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def neu_small(tmp_path_factory) -> Path:
     """20 NEU images per class (120 in all), NEU layout."""

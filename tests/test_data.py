@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NEU_CLASSES, link_neu_subset
+from conftest import NEU_CLASSES, link_casting_subset, link_neu_subset
 from defectlite.data import detect_format, prepare, read_dataset, stratified_split
 from defectlite.data.cache import decode_images
 from defectlite.data.splits import find_leaks
@@ -34,13 +34,7 @@ def test_full_neu_is_detected_and_read(shared_data):
 
 
 def test_folder_reader_and_presplit_casting(shared_data, tmp_path):
-    src = shared_data / "casting-product"
-    dest = tmp_path / "casting"
-    for split in ("train", "test"):
-        for cls in ("def_front", "ok_front"):
-            (dest / split / cls).mkdir(parents=True)
-            for f in sorted((src / split / cls).iterdir())[:6]:
-                os.symlink(f, dest / split / cls / f.name)
+    dest = link_casting_subset(tmp_path / "casting", 6)
     assert detect_format(dest) == "folder"
     index = read_dataset(dest)
     assert index.classes == ["def_front", "ok_front"] and index.presplit
@@ -73,12 +67,7 @@ def test_prepare_writes_and_reuses_splits_csv(neu_small, tmp_path):
 
 
 def test_presplit_tree_gets_val_from_train(shared_data, tmp_path):
-    src = shared_data / "casting-product"
-    for split in ("train", "test"):
-        for cls in ("def_front", "ok_front"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for f in sorted((src / split / cls).iterdir())[:10]:
-                os.symlink(f, tmp_path / split / cls / f.name)
+    link_casting_subset(tmp_path, 10)
     d = prepare(tmp_path, size=(32, 32), seed=0, progress=False)
     test_paths = {p for p, s in zip(d.paths, d.splits) if s == "test"}
     assert all(p.startswith("test/") for p in test_paths) and len(test_paths) == 20
