@@ -9,8 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
         help="list registered models with params and MACs",
-        description="List registry names with parameters (training and deployed form) and MACs at an input size. "
-        "Any timm model can also be trained as timm:<name>.",
+        description="List registry names with parameters (training and deployed form), MACs and FLOPs (= 2 x MACs; "
+        "convolutions and linear layers) at an input size. Any timm model can also be trained as timm:<name>.",
     )
     p.add_argument("--input-size", type=int, nargs=2, default=[200, 200], metavar=("H", "W"))
     p.add_argument("--in-chans", type=int, default=1)
@@ -26,15 +26,16 @@ def run(args: argparse.Namespace) -> int:
 
     names = args.names or list_models()
     shape = (1, args.in_chans, *args.input_size)
-    print(f"{'name':<24}{'params':>12}{'deployed':>12}{'MACs (M)':>11}  source   [input {shape[1:]}]")
+    print(f"{'name':<24}{'params':>12}{'deployed':>12}{'MACs (M)':>11}{'FLOPs (M)':>11}  source   [input {shape[1:]}]")
     for name in names:
         model = create_model(name, args.num_classes, args.in_chans)
         deployed = (
             reparameterize(model) if not name.startswith("timm:") and model_info(name).reparameterizable else model
         )
         paper = model_info(name).paper if not name.startswith("timm:") else "timm"
+        macs = count_macs(deployed, shape)
         print(
             f"{name:<24}{count_params(model):>12,}{count_params(deployed):>12,}"
-            f"{count_macs(deployed, shape) / 1e6:>11.1f}  {paper}"
+            f"{macs / 1e6:>11.1f}{2 * macs / 1e6:>11.1f}  {paper}"
         )
     return 0

@@ -97,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     report = train_run(
         cfg, run_dir, teacher_path=args.teacher, teacher_ensemble=args.teacher_ensemble, progress=not args.quiet
     )
+    skipped = report["data"].get("skipped") or []
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s) (--skip-bad):")
+        for path, why in skipped:
+            print(f"  {path}: {why}")
     t = report["test"]
     b1 = next(x for x in report["profile"]["timings"] if x["runtime"].startswith("onnxruntime") and x["batch"] == 1)
     print(
