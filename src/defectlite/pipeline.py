@@ -214,7 +214,8 @@ def train_run(
     """
     run_dir = Path(run_dir)
     save_run_config(cfg, run_dir)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.threads:  # 0 keeps PyTorch's default: all cores, or $OMP_NUM_THREADS
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     data = load_data(cfg, run_dir, progress)
     log.info("data: %s, classes %s, split %s", data.root, data.classes, data.counts())

@@ -123,7 +123,7 @@ class RecipeCfg:
     description: str = ""
     seed: int = 0  # split seed and training seed
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda
-    threads: int = 0  # PyTorch intra-op threads for training (0 = all cores)
+    threads: int = 0  # PyTorch intra-op threads for training (0 = all cores, or $OMP_NUM_THREADS)
     data: DataCfg = field(default_factory=DataCfg)
     teacher: StageCfg | None = None  # None = no distillation
     student: StageCfg = field(default_factory=StageCfg)
