@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ms(xs: list[float]) -> str:
     m = statistics.fmean(xs)
     s = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{m:.3f} ± {s:.3f}" if m < 10 else f"{m:,.0f} ± {s:,.0f}"
+    return f"{m:.3f} ± {s:.3f}" if m < 10 else f"{m:,.2f} ± {s:,.2f}"
 
 
 def render(r: dict) -> str:
@@ -153,6 +153,13 @@ def render(r: dict) -> str:
                 f"{100 * q['int8']['test_accuracy']:.2f} | {100 * q['delta_accuracy']:+.2f} | "
                 f"{q['fp32']['ort_b1_ms']:.3f} | {q['int8']['ort_b1_ms']:.3f} | {q['speedup']:.2f}x |"
             )
+        qs = r["quantize"]
+        lines.append(
+            f"| **mean ± std** | {_ms([100 * q['fp32']['test_accuracy'] for q in qs])} | "
+            f"{_ms([100 * q['int8']['test_accuracy'] for q in qs])} | {_ms([100 * q['delta_accuracy'] for q in qs])} | "
+            f"{_ms([q['fp32']['ort_b1_ms'] for q in qs])} | {_ms([q['int8']['ort_b1_ms'] for q in qs])} | "
+            f"{statistics.fmean(q['speedup'] for q in qs):.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

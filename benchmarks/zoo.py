@@ -5,6 +5,7 @@ script copies the tables to ``benchmarks/results/zoo_<dataset>.md``. Resumes: fi
 reused. Usage::
 
     python benchmarks/zoo.py --seeds 3                 # hours on 2 cores
+    python benchmarks/zoo.py --seeds 1 --quick         # the 1-seed, 128 px budget of benchmarks/results
     python benchmarks/zoo.py --seeds 1 --only neu --set student.optim.epochs=2     # smoke
 """
 
@@ -30,6 +31,20 @@ SETS = {  # data set -> (recipe, models, extra overrides)
     ),
 }
 
+QUICK = {  # 2-core budget: cheaper models and epochs (WeldNet is measured by benchmarks/ensembles.py)
+    "neu": (
+        "neu-compare-fast",
+        "eg_repvgg,repvgg_tiny,pdmsnet,dsc_cnn_140k,conv3_cnn_140k,mobilenetv3_small_050,shufflenetv2,mobilenetv2",
+        ["student.optim.epochs=15", "data.input_size=[128,128]"],
+    ),
+    "casting": (
+        "casting-compare-fast",
+        "eg_repvgg,repvgg_tiny,dsc_cnn_140k,conv3_cnn_140k,dsc_cnn_340k,dsc_cnn_340k[se=true],"
+        "mobilenetv3_small_050,shufflenetv2",
+        ["student.optim.epochs=8"],
+    ),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=sorted(SETS), action="append", help="data sets to run (default: all)")
     ap.add_argument("--models", help="override the model list (one data set)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--quick", action="store_true", help="the smaller budget of QUICK (about 35 min per data set)")
     args = ap.parse_args(argv)
     for name in args.only or sorted(SETS):
-        recipe, models, extra = SETS[name]
+        recipe, models, extra = (QUICK if args.quick else SETS)[name]
         out = args.runs / name
         cmd = [
             "defectlite",
