@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from defectlite.data.splits import subsample_train
@@ -56,3 +60,38 @@ def test_reduced_training_set_is_stratified_and_keeps_val_test():
     assert sorted(kept_train) == [0] * 8 + [1] * 8 + [2] * 8
     assert all(k for s, k in zip(splits, keep) if s != "train")
     assert keep == subsample_train(labels, splits, 0.1, seed=0)
+
+
+@pytest.mark.slow
+def test_ensemble_run_trains_members_then_distils_and_resumes(neu_small, tmp_path):
+    from defectlite.cli.main import main
+
+    run = tmp_path / "ens"
+    args = ["-q", "train", "--recipe", "neu-ensemble-fast", "--data", str(neu_small), "--out", str(run)]
+    sets = {
+        "ensemble.members": 2,
+        "ensemble.member.model": "eg_repvgg",
+        "ensemble.member.optim.epochs": 1,
+        "student.model": "repvgg_tiny",
+        "student.optim.epochs": 1,
+        "data.input_size": "[64, 64]",
+        "profile.runs": 5,
+        "profile.warmup": 1,
+        "profile.throughput_runs": 1,
+    }
+    assert main([*args, *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["test_all"]) == {"member0", "member1", "mean_ensemble", "focal_ensemble", "student"}
+    members = [json.loads((run / f"member{i}" / "best.json").read_text()) for i in (0, 1)]
+    assert [m["model"] for m in members] == ["eg_repvgg", "eg_repvgg"]  # the member stage, not the student's
+    assert json.loads((run / "student" / "best.json").read_text())["model"] == "repvgg_tiny"
+    # members differ (own seed, data order, augmentation)
+    w0, w1 = (load_file(run / f"member{i}" / "best.safetensors") for i in (0, 1))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    # an interrupted run resumes: finished members are reused, the student is trained again
+    before = (run / "member0" / "metrics.csv").read_text()
+    shutil.rmtree(run / "student")
+    (run / "report.json").unlink()
+    assert main(["-q", "train", "--resume", str(run)]) == 0
+    assert (run / "member0" / "metrics.csv").read_text() == before
+    assert (run / "student" / "best.json").is_file() and (run / "report.json").is_file()
