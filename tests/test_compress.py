@@ -48,7 +48,9 @@ def test_sparsity_objective_adds_l1_of_gammas():
         SparsityObjective(CrossEntropy(), model, -1)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "timm:mobilenetv2_100", "mobilenetv2", "weldnet", "pdmsnet", "dsc_cnn_140k"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "timm:mobilenetv2_100", "mobilenetv2", "weldnet", "pdmsnet", "dsc_cnn_140k"]
+)
 def test_channel_pruning_keeps_the_model_consistent_and_replays(name, neu64, tmp_path):
     torch.manual_seed(0)
     model = randomize_bn(create_model(name, num_classes=6, in_chans=1)).eval()
