@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-compress"))
     ap.add_argument("--eg-runs", type=Path, default=Path("runs/bench-neu-cls"), help="runs of benchmarks/neu_cls.py")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--ratio", type=float, default=0.9)
+    ap.add_argument(
+        "--ratio", type=float, default=0.92, help="channel share (0.92 removes 90.8 %% of ResNet-18 params)"
+    )
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--finetune-epochs", type=int, default=15)
+    ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
 
