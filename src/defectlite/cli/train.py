@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ensemble",
         type=int,
         metavar="N",
-        help="train N members (own seeds) and distil the student from their ensemble (WeldNet paper)",
+        help="train N members (own seeds; the recipe's ensemble.member stage, else the student's) and distil the "
+        "student from their ensemble (WeldNet paper)",
     )
     p.add_argument(
         "--teacher-ensemble",
