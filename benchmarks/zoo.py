@@ -32,7 +32,7 @@ SETS = {  # data set -> (recipe, models, extra overrides)
 }
 
 QUICK = {  # 2-core budget: cheaper models and epochs (WeldNet is measured by benchmarks/ensembles.py; the
-    # casting paper's 0.34 M / SE / BlurPool rows cost about 25 min each at 128 px here and are in SETS)
+    # casting paper's 0.34 M / SE / BlurPool rows and mobilenetv3_large_100 cost 25-30 min each at 128 px)
     "neu": (
         "neu-compare-fast",
         "eg_repvgg,repvgg_tiny,pdmsnet,dsc_cnn_140k,conv3_cnn_140k,mobilenetv3_small_050,shufflenetv2,mobilenetv2",
@@ -41,7 +41,7 @@ QUICK = {  # 2-core budget: cheaper models and epochs (WeldNet is measured by be
     "casting": (
         "casting-compare-fast",
         "eg_repvgg,repvgg_tiny,dsc_cnn_140k,conv3_cnn_140k,mobilenetv3_small_050,mobilenetv3_small_100,"
-        "shufflenetv2,mobilenetv3_large_100",
+        "shufflenetv2,eg_repvgg_x2",
         ["student.optim.epochs=8"],
     ),
 }
