@@ -89,8 +89,7 @@ def predict_logits(
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(normalize(images[i : i + batch_size], mean, std)).to(device)
+    for x in clean_batches(images, mean, std, device, batch_size):
         with autocast(amp, device):
             out.append(model(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
@@ -108,7 +107,7 @@ def _mixup(cfg: OptimCfg, num_classes: int):
 
 
 def clean_batches(images: np.ndarray, mean, std, device, batch_size: int = 128):
-    """Normalised, un-augmented batches (n, C, H, W) of uint8 images, for BN recalibration."""
+    """Normalised, un-augmented batches (n, C, H, W) of uint8 images (evaluation, BN recalibration)."""
     for i in range(0, len(images), batch_size):
         yield torch.from_numpy(normalize(images[i : i + batch_size], mean, std)).to(device)
 
