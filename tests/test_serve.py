@@ -361,7 +361,7 @@ def test_load_script_client_counts_answers(server, images):
     requests = [(p.name, serve_load.multipart_request("/v1/predict", p.name, p.read_bytes())) for p in images[:4]]
     res = asyncio.run(serve_load.run_level(port, requests, clients=3, n=12))
     assert (res["ok"], res["errors"], res["lost"], res["answered"]) == (12, 0, 0, 12)
-    assert res["p50_ms"] > 0 and res["throughput_per_s"] > 0
+    assert res["p50_ms"] > 0 and res["throughput_per_s"] > 0 and res["mean_batch"] >= 1.0
     bad = [("x.jpg", serve_load.multipart_request("/v1/predict", "x.jpg", b"not an image"))]
     res = asyncio.run(serve_load.run_level(port, bad, clients=2, n=4))
     assert (res["ok"], res["errors"], res["lost"]) == (0, 4, 0)

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
-    p.add_argument("--max-batch", type=int, default=32, help="most images in one ONNX Runtime call")
+    p.add_argument("--max-batch", type=int, default=8, help="most images in one ONNX Runtime call (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait for a batch to fill, in ms")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
@@ -32,8 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
     import json
     import os
+    import sys
 
     import uvicorn
 
@@ -55,6 +57,16 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment
     os.environ[ENV_MODEL], os.environ[ENV_OPTIONS] = str(model), json.dumps(options)
     print(f"serving {model} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    if args.workers > 1 and importlib.util.find_spec("uvloop") is None:
+        # uvicorn binds the shared socket of several workers with proto 0, so asyncio's own loop never sets
+        # TCP_NODELAY on accepted connections and every keep-alive answer waits ~40 ms for the peer's delayed
+        # ACK (uvicorn issue #3149); uvloop sets it on every TCP transport
+        print(
+            "warning: uvloop is not installed (pip install 'uvicorn[standard]'): with --workers > 1 each "
+            "keep-alive request may take ~40 ms longer (uvicorn issue #3149)",
+            file=sys.stderr,
+            flush=True,
+        )
     uvicorn.run(
         "defectlite.cli.serve:app_from_env",
         factory=True,

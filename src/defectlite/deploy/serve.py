@@ -96,7 +96,7 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
 def create_app(
     model_path: str | Path,
     *,
-    max_batch: int = 32,
+    max_batch: int = 8,
     max_wait_ms: float = 1.0,
     max_upload_mb: float = 8.0,
     max_pixels: int = 40_000_000,
@@ -109,7 +109,10 @@ def create_app(
     Args:
         model_path: ``model.onnx`` or its run folder; Grad-CAM also needs ``model.json`` and
             ``model.safetensors`` beside it (otherwise ``/v1/explain`` answers 501).
-        max_batch: most images in one ONNX Runtime call.
+        max_batch: most images in one ONNX Runtime call. Default 8: on 2 cores the 140 k-parameter EG-RepVGG
+            at 1 x 200 x 200 runs no faster per image at batch 16-64 than at 8 (its activations outgrow the
+            caches; see the ORT batch sweep in benchmarks/results/serve_load.md), and larger batches only
+            add latency.
         max_wait_ms: how long the first queued request waits for others to fill a batch (ms).
         max_upload_mb: largest request body (MB, 10^6 bytes).
         max_pixels: largest image (width x height, pixels), checked per request.

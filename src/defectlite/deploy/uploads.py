@@ -77,9 +77,8 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
         declared_bytes = int(declared) if declared is not None else None
     except ValueError:
         raise ApiError(400, "bad_request", f"Content-Length is not a number: {declared!r}") from None
-    too_large = ApiError(413, "upload_too_large", f"request body above the limit of {limit_bytes / 1e6:g} MB")
     if declared_bytes is not None and declared_bytes > 4 * limit_bytes:
-        raise too_large
+        raise _too_large(limit_bytes)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -91,8 +90,12 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
     if size > limit_bytes:
-        raise too_large
+        raise _too_large(limit_bytes)
     return b"".join(chunks)
+
+
+def _too_large(limit_bytes: int) -> ApiError:
+    return ApiError(413, "upload_too_large", f"request body above the limit of {limit_bytes / 1e6:g} MB")
 
 
 def parse_multipart(body: bytes, content_type: str | None) -> list[Part]:
