@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=5,
         help="rounds of the 32-client level, each between two batch-64 timings; the ratio is their median",
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for serve_load.json / .md")
