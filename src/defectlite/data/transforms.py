@@ -25,12 +25,16 @@ from defectlite.errors import DataError
 ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
 
 
-def decode(source: ImageSource, name: str | None = None) -> Image.Image:
+def decode(source: ImageSource, name: str | None = None, mode: str | None = None) -> Image.Image:
     """Open an image fully (truncated files fail here, not later).
 
     Args:
         source: a file path, encoded bytes, a PIL image, or an array (H, W) / (H, W, C) uint8.
         name: how to call the image in errors (default: the path).
+        mode: the PIL mode the caller converts to next ("L" or "RGB"), as a hint: a JPEG is then
+            decoded straight into it at full size (``Image.draft``; for "L" only the luma plane is
+            decoded, about 20 % faster per NEU image than RGB then ``convert("L")``). The result may
+            still be in another mode: convert it.
 
     Raises:
         DataError: the file is missing, not an image, truncated or corrupt, or larger than
@@ -45,6 +49,8 @@ def decode(source: ImageSource, name: str | None = None) -> Image.Image:
         return Image.fromarray(source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source)
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        if mode is not None and img.format == "JPEG":
+            img.draft(mode, img.size)
         img.load()
     except FileNotFoundError:
         raise DataError(f"{label}: file not found") from None
@@ -75,8 +81,8 @@ def to_uint8(source: ImageSource, size: Sequence[int], channels: int = 1, name: 
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
-    img = decode(source, name)
-    img = img.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    img = decode(source, name, mode).convert(mode)
     h, w = int(size[0]), int(size[1])
     if img.size != (w, h):
         img = img.resize((w, h), Image.Resampling.BILINEAR)

@@ -198,7 +198,8 @@ class Explainer:
         Raises:
             DataError: the image cannot be decoded.
         """
-        img = decode(source, name).convert("L" if self.channels == 1 else "RGB")
+        mode = "L" if self.channels == 1 else "RGB"
+        img = decode(source, name, mode).convert(mode)
         x8 = to_uint8(img, self.input_size, self.channels, name)
         return img, x8, torch.from_numpy(normalize(x8[None], self.card["mean"], self.card["std"]))
 
