@@ -77,24 +77,27 @@ def ensemble_onnx(run_dir: Path, method: str = "focal", k: float = 2.0) -> tuple
     return single, ens, sum(count_params(m) for m in members)
 
 
-def summarise(reports: list[dict]) -> dict[str, tuple[float, float]]:
-    def ms(xs):
-        return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-    singles = [
-        statistics.fmean(v["accuracy"] for k, v in r["test_all"].items() if k.startswith("member")) for r in reports
-    ]
+def per_seed(reports: list[dict]) -> dict[str, list[float]]:
+    """Test accuracy per seed of each row of the table (single = mean of the members)."""
     return {
-        "single (member mean)": ms(singles),
-        "mean ensemble": ms([r["test_all"]["mean_ensemble"]["accuracy"] for r in reports]),
-        "focal ensemble": ms([r["test_all"]["focal_ensemble"]["accuracy"] for r in reports]),
-        "FE + KD student": ms([r["test_all"]["student"]["accuracy"] for r in reports]),
+        "single (member mean)": [
+            statistics.fmean(v["accuracy"] for k, v in r["test_all"].items() if k.startswith("member")) for r in reports
+        ],
+        "mean ensemble": [r["test_all"]["mean_ensemble"]["accuracy"] for r in reports],
+        "focal ensemble": [r["test_all"]["focal_ensemble"]["accuracy"] for r in reports],
+        "FE + KD student": [r["test_all"]["student"]["accuracy"] for r in reports],
     }
+
+
+def summarise(reports: list[dict]) -> dict[str, tuple[float, float]]:
+    """Mean and sample std over seeds of each row."""
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in per_seed(reports).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--datasets", default="neu,casting")
     ap.add_argument("--models", default="weldnet,resnet18")
     ap.add_argument("--fractions", default="0.1", help="comma-separated training-set fractions")
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             for fraction in map(float, args.fractions.split(",")):
                 epochs = args.epochs or (40 if fraction < 0.5 else None)
                 reports, folders = [], []
-                for seed in range(args.seeds):
+                seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+                for seed in seeds:
                     folder = args.runs / ds / model / f"f{fraction:g}" / f"seed{seed}"
                     reports.append(run_one(ds, model, fraction, seed, folder, epochs))
                     folders.append(folder)
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                         "model": model,
                         "fraction": fraction,
                         "seeds": args.seeds,
+                        "seed_list": seeds,
+                        "accuracy_per_seed": per_seed(reports),
                         "train_images": reports[0]["data"]["counts"]["train"],
                         "accuracy": summarise(reports),
                         "params_single": reports[0]["profile"]["params_deployed"],
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_".join([*args.datasets.split(","), *(f"f{float(f):g}" for f in args.fractions.split(","))])
+    tag += f"_s{args.first_seed}" if args.first_seed else ""
     atomic_write_json(args.out / f"ensembles_{tag}.json", result)
     atomic_write_text(args.out / f"ensembles_{tag}.md", render(result))
     print(render(result))
@@ -149,7 +156,7 @@ def render(r: dict) -> str:
         kept = g["accuracy"]["FE + KD student"][0] - g["accuracy"]["single (member mean)"][0]
         lines += [
             f"## {g['dataset']}, {g['model']}, {100 * g['fraction']:g} % of the training split "
-            f"({g['train_images']} images), {g['seeds']} seeds",
+            f"({g['train_images']} images), {g['seeds']} seed(s): {', '.join(map(str, g.get('seed_list', [])))}",
             "",
             "| | test accuracy (mean ± std) | params | ORT b1 ms (1 thread) |",
             "|---|---|---|---|",
