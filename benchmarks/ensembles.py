@@ -1,7 +1,7 @@
 """Ensemble-distillation benchmark (WeldNet paper, Tables 3-4) on NEU-CLS and casting-product.
 
 For each data set, model, training-set fraction and seed: ``defectlite train --recipe <ds>-ensemble-fast
---set student.model=<model> --set ensemble.member.model=<model> --set data.train_fraction=<f> --seed <s>``
+--model <model> --set data.train_fraction=<f> --seed <s>``
 (resumable). Then a
 table like Tables 3-4: single model (mean of the 5 members), mean ensemble, focal ensemble, FE + KD
 student, test accuracy mean ± std over seeds, parameters, and ONNX Runtime batch-1 latency of a single
@@ -44,10 +44,8 @@ def run_one(ds: str, model: str, fraction: float, seed: int, run_dir: Path, epoc
                 str(seed),
                 "--out",
                 str(run_dir),
-                "--set",
-                f"student.model={model}",
-                "--set",
-                f"ensemble.member.model={model}",
+                "--model",
+                model,
                 "--set",
                 f"data.train_fraction={fraction}",
             ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from defectlite.errors import ConfigError
-from defectlite.train.config import apply_overrides, list_recipes, load_recipe
+from defectlite.train.config import apply_overrides, list_recipes, load_recipe, model_overrides
 
 
 def test_shipped_recipes_load():
@@ -32,3 +32,19 @@ def test_overrides_are_typed_and_strict():
 def test_unknown_recipe_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match="shipped recipes: .*neu-kd-eg-repvgg-fast"):
         load_recipe("no-such-recipe")
+
+
+def test_model_option_sets_student_and_ensemble_members_but_not_the_teacher():
+    ens = load_recipe("casting-ensemble-fast")
+    assert ens.student.model == ens.ensemble.member.model == "weldnet"
+    cfg = apply_overrides(ens, model_overrides(ens, "eg_repvgg"))
+    assert cfg.student.model == cfg.ensemble.member.model == "eg_repvgg"
+    # an explicit member model given after --model still wins
+    cfg = apply_overrides(ens, [*model_overrides(ens, "eg_repvgg"), "ensemble.member.model=repvgg_tiny"])
+    assert (cfg.student.model, cfg.ensemble.member.model) == ("eg_repvgg", "repvgg_tiny")
+    kd = load_recipe("neu-kd-eg-repvgg-fast")
+    assert kd.ensemble.member is None
+    cfg = apply_overrides(kd, model_overrides(kd, "repvgg_tiny"))
+    assert cfg.student.model == "repvgg_tiny" and cfg.teacher.model == kd.teacher.model
+    with pytest.raises(ConfigError, match="student.model: expected str"):
+        apply_overrides(kd, model_overrides(kd, "[1, 2]"))

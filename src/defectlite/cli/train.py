@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--format", choices=["auto", "folder", "neu", "tig"], help="data layout (default: auto-detect)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="shipped recipe name or a YAML file (`defectlite recipes`)")
+    p.add_argument(
+        "--model",
+        help="the network to train and deploy (`defectlite models`; timm:<name> for any timm model): sets "
+        "student.model and, in ensemble recipes, ensemble.member.model (default: the recipe's)",
+    )
     p.add_argument("--seed", type=int, help="split and training seed (default: the recipe's, 0)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="decode images as grey (1) or RGB (3)")
     p.add_argument(
@@ -68,13 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from defectlite.pipeline import load_run_config, train_run
-    from defectlite.train.config import apply_overrides, load_recipe
+    from defectlite.train.config import apply_overrides, load_recipe, model_overrides
 
     if args.resume:
         cfg = load_run_config(args.resume)
         run_dir = args.resume
     else:
-        sets = list(args.overrides)
+        cfg = load_recipe(args.recipe)
+        sets = model_overrides(cfg, args.model) if args.model else []
+        sets += args.overrides
         for key, value in (
             ("data.path", args.data),
             ("data.format", args.format),
@@ -88,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
             sets.append("data.skip_bad=true")
         if args.drop_leaks:
             sets.append("data.drop_leaks=true")
-        cfg = load_recipe(args.recipe)
         if args.data and args.format is None:
             sets.append("data.format=auto")
         cfg = apply_overrides(cfg, sets)

@@ -224,6 +224,20 @@ def apply_overrides(cfg: RecipeCfg, overrides: list[str]) -> RecipeCfg:
     return from_dict(RecipeCfg, data)
 
 
+def model_overrides(cfg: RecipeCfg, model: str) -> list[str]:
+    """Overrides that make ``model`` (registry name or ``timm:<name>``) the run's deployed network.
+
+    Sets ``student.model`` and, when the recipe has its own ensemble member stage, ``ensemble.member.model``
+    too: in ensemble-distillation the members and the student are the same network (WeldNet paper,
+    Algorithm 1). The teacher, if any, is left alone. Apply these before the user's own ``--set`` items so
+    that an explicit ``ensemble.member.model=...`` still wins.
+    """
+    sets = [f"student.model={model}"]
+    if cfg.ensemble.member is not None:
+        sets.append(f"ensemble.member.model={model}")
+    return sets
+
+
 def list_recipes() -> list[str]:
     """Names of the recipes shipped with defectlite."""
     folder = resources.files("defectlite.train") / "recipes"
