@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="train several models under one recipe and compare accuracy, cost and latency",
         description=(
-            "Train every model for every seed under the same recipe (no teacher), then write comparison.md, "
+            "Train every model for every seed under the same recipe (a recipe with a teacher distils each model from "
+            "its own teacher run), then write comparison.md, "
             "comparison.json and pareto.png (test accuracy vs ONNX Runtime batch-1 latency, point size = params) "
             "into --out. Interrupted comparisons resume: finished runs are reused. Builder options go in "
             "brackets: dsc_cnn_140k[blurpool=true,se=true]."

@@ -18,7 +18,7 @@ from typing import Any
 
 from defectlite.evaluate.profile import interleaved_ort_latency
 from defectlite.pipeline import train_run
-from defectlite.train.config import RecipeCfg, apply_overrides
+from defectlite.train.config import RecipeCfg, apply_overrides, model_overrides
 from defectlite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,10 @@ def compare(
     threads: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train every model for every seed with ``cfg`` (its student replaced, no teacher) and compare.
+    """Train every model for every seed with ``cfg`` (its student replaced) and compare.
+
+    A recipe with a teacher distils every model from a teacher trained in the same run (equal terms;
+    the teacher's minutes count in the training time); the ``*-compare-fast`` recipes have none.
 
     Args:
         cfg: the shared recipe (budget, data, augmentation, schedule).
@@ -57,7 +60,7 @@ def compare(
         reports = []
         for seed in seeds:
             run_dir = out / spec.replace(":", "_") / f"seed{seed}"
-            sets = [f"seed={seed}", f"student.model={name}", "teacher=null", *overrides]
+            sets = [f"seed={seed}", *model_overrides(cfg, name), *overrides]
             run_cfg = apply_overrides(cfg, sets)
             run_cfg = dataclasses.replace(run_cfg, student=dataclasses.replace(run_cfg.student, model_kwargs=kwargs))
             report_path = run_dir / "report.json"
