@@ -87,9 +87,39 @@ def per_seed(reports: list[dict]) -> dict[str, list[float]]:
     }
 
 
-def summarise(reports: list[dict]) -> dict[str, tuple[float, float]]:
-    """Mean and sample std over seeds of each row."""
-    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in per_seed(reports).items()}
+def summarise(accuracies: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """Mean and sample std over seeds of each row of :func:`per_seed`."""
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in accuracies.items()}
+
+
+def merge_earlier(group: dict, earlier: dict, source: Path) -> None:
+    """Add to ``group`` the seeds of the same data set / model / fraction from an earlier result file.
+
+    For seeds trained in another session whose run folders are gone. Files written before
+    ``--first-seed`` existed hold seeds 0 .. n-1 and, with one seed, their means are its accuracies.
+    Latencies stay this run's.
+
+    Raises:
+        SystemExit: a seed present in both, or a multi-seed file without per-seed accuracies.
+    """
+    key = (group["dataset"], group["model"], group["fraction"])
+    for g in earlier["groups"]:
+        if (g["dataset"], g["model"], g["fraction"]) != key:
+            continue
+        seeds = g.get("seed_list") or list(range(g["seeds"]))
+        if set(seeds) & set(group["seed_list"]):
+            raise SystemExit(f"{source}: seed(s) {sorted(set(seeds) & set(group['seed_list']))} are in this run too")
+        per = g.get("accuracy_per_seed")
+        if per is None and len(seeds) != 1:
+            raise SystemExit(f"{source}: {len(seeds)} seeds but no per-seed accuracies to merge")
+        per = per or {k: [m] for k, (m, _) in g["accuracy"].items()}
+        order = sorted(range(len(seeds) + len(group["seed_list"])), key=lambda i: [*seeds, *group["seed_list"]][i])
+        for row, values in per.items():
+            both = [*values, *group["accuracy_per_seed"][row]]
+            group["accuracy_per_seed"][row] = [both[i] for i in order]
+        group["seed_list"] = sorted([*seeds, *group["seed_list"]])
+        group["seeds"] = len(group["seed_list"])
+        group["merged_from"] = [*group.get("merged_from", []), str(source)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-ensembles"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="an earlier result file whose other seeds of the same groups join the table (repeatable)",
+    )
     args = ap.parse_args(argv)
+    earlier = [(path, json.loads(path.read_text())) for path in args.merge]
     groups = []
     for ds in args.datasets.split(","):
         for model in args.models.split(","):
@@ -129,16 +168,19 @@ def main(argv: list[str] | None = None) -> int:
                         "seed_list": seeds,
                         "accuracy_per_seed": per_seed(reports),
                         "train_images": reports[0]["data"]["counts"]["train"],
-                        "accuracy": summarise(reports),
                         "params_single": reports[0]["profile"]["params_deployed"],
                         "params_ensemble": ens_params,
                         "latency": lat,
                     }
                 )
+                for path, data in earlier:
+                    merge_earlier(groups[-1], data, path)
+                groups[-1]["accuracy"] = summarise(groups[-1]["accuracy_per_seed"])
     result = {"groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_".join([*args.datasets.split(","), *(f"f{float(f):g}" for f in args.fractions.split(","))])
-    tag += f"_s{args.first_seed}" if args.first_seed else ""
+    first = min(min(g["seed_list"]) for g in groups)
+    tag += f"_s{first}" if first else ""
     atomic_write_json(args.out / f"ensembles_{tag}.json", result)
     atomic_write_text(args.out / f"ensembles_{tag}.md", render(result))
     print(render(result))
