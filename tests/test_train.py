@@ -63,3 +63,20 @@ def test_compare_model_specs():
     ]
     assert parse_model_spec("dsc_cnn_140k[blurpool=true,se=false]") == ("dsc_cnn_140k", {"blurpool": True, "se": False})
     assert parse_model_spec("eg_repvgg") == ("eg_repvgg", {})
+
+
+def test_autocast_auto_uses_bf16_only_on_native_hardware(monkeypatch):
+    from defectlite.train import loop
+
+    assert OptimCfg().amp == "auto"
+    x = torch.randn(2, 4)
+    w = torch.randn(4, 3)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert loop.resolve_amp("auto", "cpu") == ("bf16" if native else "off")
+        with loop.autocast("auto", "cpu"):
+            assert (x @ w).dtype == (torch.bfloat16 if native else torch.float32)
+    assert loop.resolve_amp("bf16") == "bf16" and loop.resolve_amp("fp32") == "off"
+    with pytest.raises(ValueError, match="unknown amp mode 'fp16'"):
+        loop.autocast("fp16")

@@ -164,6 +164,7 @@ def stage_summary(stage: StageCfg, fit_result: FitResult) -> dict[str, Any]:
         "best_val_acc": fit_result.best_val_acc,
         "best_val_loss": fit_result.best_val_loss,
         "train_minutes": fit_result.train_seconds / 60,
+        "amp": fit_result.amp,
     }
 
 

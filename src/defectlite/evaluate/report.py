@@ -87,11 +87,16 @@ def render_markdown(r: dict[str, Any]) -> str:
     for c, m in test["per_class"].items():
         lines.append(f"| {c} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |")
     lines += ["", "Confusion matrix: `confusion_test.png`, `confusion_test.csv`.", ""]
-    lines += ["## Training", "", "| stage | model | epochs | best val acc (epoch) | minutes |", "|---|---|---|---|---|"]
+    lines += [
+        "## Training",
+        "",
+        "| stage | model | epochs | best val acc (epoch) | minutes | autocast |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in r["stages"].items():
         lines.append(
             f"| {name} | {s['model']} | {s['epochs']} | {_pct(s['best_val_acc'])} ({s['best_epoch'] + 1}) "
-            f"| {s['train_minutes']:.1f} |"
+            f"| {s['train_minutes']:.1f} | {s.get('amp', '-')} |"
         )
     lines += ["", "## Cost", ""]
     lines += [

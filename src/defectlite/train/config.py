@@ -69,7 +69,7 @@ class OptimCfg:
     mixup_alpha: float = 0.0  # > 0: mixup (Beta(alpha, alpha) mixing of image pairs), timm Mixup
     cutmix_alpha: float = 0.0  # > 0: CutMix
     mix_prob: float = 1.0  # share of batches mixed
-    amp: str = "bf16"  # bf16 = CPU autocast (AMX/AVX-512 bf16), off = float32
+    amp: str = "auto"  # auto = bf16 autocast where the hardware has bf16 (AMX / AVX512-BF16 / CUDA), else float32
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The training loop: plain PyTorch, one function, resumable, selecting on the validation split only.
 
 Per epoch: shuffle (seeded by seed and epoch, so a resumed run draws the same batches), augment,
-forward under CPU bf16 autocast, ``objective(...)["loss"]`` backward, SGD step with a per-step
-learning rate; then evaluate on validation, append a row to ``metrics.csv`` and write the
-``last`` checkpoint (and ``best`` when validation accuracy improves, ties broken by lower
+forward (bf16 autocast where the hardware has bf16, see ``resolve_amp``), ``objective(...)["loss"]``
+backward, SGD step with a per-step learning rate; then evaluate on validation, append a row to
+``metrics.csv`` and write the ``last`` checkpoint (and ``best`` when validation accuracy improves, ties broken by lower
 validation loss) atomically. With ``ema_decay > 0`` or ``swa_epochs > 0`` the validated and
 saved-as-best weights are an average of the trained ones (:mod:`defectlite.train.averaging`);
 ``mixup_alpha`` / ``cutmix_alpha`` mix batches (timm ``Mixup``) into soft targets.
@@ -68,17 +68,38 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast(amp: str, device: torch.device | str = "cpu"):
-    """Autocast context for ``amp`` = ``bf16`` (CPU: AMX / AVX-512 bf16 kernels) or a no-op for ``off``.
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes bf16 in hardware: CUDA with bf16 support, or a CPU with AVX512-BF16 or
+    AMX. Without it PyTorch emulates bf16 and training is slower than in float32 (measured on an AVX2-only
+    CPU, 2 threads: EG-RepVGG 2.2x, PDMSNet 2.6x slower per step at 64 x 1 x 160 x 160)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_amp(amp: str, device: torch.device | str = "cpu") -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``off``; ``bf16`` / ``off`` pass through.
 
     Raises:
-        ValueError: ``amp`` is neither.
+        ValueError: an unknown mode.
     """
-    if amp == "bf16":
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "off"
+    if amp in ("bf16", "off", "none", "fp32"):
+        return "off" if amp in ("none", "fp32") else amp
+    raise ValueError(f"unknown amp mode {amp!r} (auto, bf16 or off)")
+
+
+def autocast(amp: str, device: torch.device | str = "cpu"):
+    """Autocast context for ``amp`` (see :func:`resolve_amp`): bf16 autocast, or a no-op for ``off``.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if resolve_amp(amp, device) == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    if amp in ("off", "none", "fp32"):
-        return contextlib.nullcontext()
-    raise ValueError(f"unknown amp mode {amp!r} (bf16 or off)")
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -122,6 +143,7 @@ class FitResult:
     best_val_loss: float
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    amp: str = "off"  # the resolved autocast mode the stage trained with (bf16 or off)
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -303,4 +325,4 @@ def fit(
             val_acc,
             epoch_s,
         )
-    return FitResult(out_dir, best["epoch"], best["acc"], best["loss"], elapsed, history)
+    return FitResult(out_dir, best["epoch"], best["acc"], best["loss"], elapsed, history, resolve_amp(cfg.amp, dev))
