@@ -113,11 +113,11 @@ def merge_earlier(group: dict, earlier: dict, source: Path) -> None:
         if per is None and len(seeds) != 1:
             raise SystemExit(f"{source}: {len(seeds)} seeds but no per-seed accuracies to merge")
         per = per or {k: [m] for k, (m, _) in g["accuracy"].items()}
-        order = sorted(range(len(seeds) + len(group["seed_list"])), key=lambda i: [*seeds, *group["seed_list"]][i])
+        all_seeds = [*seeds, *group["seed_list"]]
         for row, values in per.items():
-            both = [*values, *group["accuracy_per_seed"][row]]
-            group["accuracy_per_seed"][row] = [both[i] for i in order]
-        group["seed_list"] = sorted([*seeds, *group["seed_list"]])
+            pairs = sorted(zip(all_seeds, [*values, *group["accuracy_per_seed"][row]]))
+            group["accuracy_per_seed"][row] = [v for _, v in pairs]
+        group["seed_list"] = sorted(all_seeds)
         group["seeds"] = len(group["seed_list"])
         group["merged_from"] = [*group.get("merged_from", []), str(source)]
 

@@ -86,9 +86,10 @@ def resolve_amp(amp: str, device: torch.device | str = "cpu") -> str:
     """
     if amp == "auto":
         return "bf16" if native_bf16(device) else "off"
-    if amp in ("bf16", "off", "none", "fp32"):
-        return "off" if amp in ("none", "fp32") else amp
-    raise ValueError(f"unknown amp mode {amp!r} (auto, bf16 or off)")
+    modes = {"bf16": "bf16", "off": "off", "none": "off", "fp32": "off"}
+    if amp not in modes:
+        raise ValueError(f"unknown amp mode {amp!r} (auto, bf16 or off)")
+    return modes[amp]
 
 
 def autocast(amp: str, device: torch.device | str = "cpu"):
@@ -222,6 +223,7 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     mean, std = norm
     dev = resolve_device(device)
+    amp = resolve_amp(cfg.amp, dev)  # once, not per step
     model.to(dev)
     objective.to(dev)
     params_decay = [p for p in model.parameters() if p.ndim > 1]
@@ -272,7 +274,7 @@ def fit(
             target = yb
             if mixup is not None:
                 x, target = mixup(x, yb)  # soft targets (N, K)
-            with autocast(cfg.amp, dev):
+            with autocast(amp, dev):
                 logits = model(x)
                 out = objective(logits, x, target)
             opt.zero_grad(set_to_none=True)
@@ -286,7 +288,7 @@ def fit(
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}", lr=f"{lr:.3g}")
         averager.after_epoch(model, epoch, lambda: clean_batches(train[0], mean, std, dev))
         eval_model = averager.eval_model(model, epoch)
-        val_logits = predict_logits(eval_model, val[0], mean, std, amp=cfg.amp)
+        val_logits = predict_logits(eval_model, val[0], mean, std, amp=amp)
         val_y = torch.from_numpy(val[1])
         val_loss = F.cross_entropy(torch.from_numpy(val_logits), val_y).item() if len(val_y) else math.nan
         val_acc = float((val_logits.argmax(1) == val[1]).mean()) if len(val_y) else math.nan
@@ -325,4 +327,4 @@ def fit(
             val_acc,
             epoch_s,
         )
-    return FitResult(out_dir, best["epoch"], best["acc"], best["loss"], elapsed, history, resolve_amp(cfg.amp, dev))
+    return FitResult(out_dir, best["epoch"], best["acc"], best["loss"], elapsed, history, amp)
