@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import shutil
 import socket
 import struct
@@ -137,7 +138,11 @@ def test_model_health_and_openapi(client, run_dir):
     schema = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert client.get("/docs").status_code == 200
+    for page in ("/docs", "/redoc"):  # offline: every script and style comes from the service itself
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and not [a for a in assets if "//" in a], f"{page} loads from elsewhere: {assets}"
+        assert all(client.get(a).status_code == 200 for a in assets)
 
 
 def test_predict_matches_the_predictor(client, run_dir, images):
@@ -348,6 +353,29 @@ def test_page_shows_the_right_class_and_gradcam(server, run_dir, images):
             sync_api.expect(bad.get_by_test_id("error")).to_contain_text("not a readable image")
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
+def test_swagger_docs_render_with_no_network_beyond_the_service(server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    elsewhere: list[str] = []
+
+    def only_the_service(route):
+        if route.request.url.startswith(server):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_the_service)
+            page.goto(server + "/docs")
+            sync_api.expect(page.locator(".opblock-summary-path", has_text="/v1/predict")).to_be_visible()
+        finally:
+            browser.close()
+    assert not elsewhere
 
 
 def test_load_script_client_counts_answers(server, images):

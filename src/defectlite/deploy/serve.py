@@ -1,6 +1,7 @@
 """The inspection service: a FastAPI app over the same :class:`Predictor` as ``defectlite predict``.
 
-Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``)::
+Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs`` and ``/redoc``, their
+JavaScript served by the app itself through ``fastapi-offline``: camera stations are often offline)::
 
     POST /v1/predict   multipart, field ``files`` (one or more images) -> class, probabilities, latency per image
     POST /v1/explain   multipart, field ``files`` (one image), optional field ``class`` -> Grad-CAM overlay PNG
@@ -37,6 +38,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -147,7 +149,7 @@ def create_app(
         yield
         await batcher.stop()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs and /redoc load no CDN
         title="defectlite inspection service",
         version=str(meta.get("defectlite_version", "unknown")),
         description=f"Surface-defect classification with {meta.get('model', 'a defectlite model')} on ONNX Runtime.",
