@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from defectlite.deploy.export import export_onnx, read_metadata
+from defectlite.deploy.export import export_onnx
+from defectlite.deploy.onnx_model import read_metadata
 from defectlite.evaluate.profile import interleaved_ort_latency, machine
 from defectlite.models import create_model
 from defectlite.utils import atomic_write_json, atomic_write_text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
 import shutil
 import socket
@@ -267,6 +268,34 @@ def test_explain_unavailable_without_the_checkpoint(run_dir, images, tmp_path):
     with live_server(create_app(tmp_path / "model.onnx", threads=1)) as url:
         info = httpx.get(url + "/v1/model").json()
         assert info["explain"] is False and "another model" in info["explain_detail"]
+
+
+NO_TORCH = """
+import json, sys
+for name in ("torch", "torchvision", "timm"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+from starlette.testclient import TestClient
+from defectlite import Predictor
+from defectlite.deploy.serve import create_app
+model, explain, images = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+labels = [p.label for p in Predictor(model).predict_batch(images)]
+with TestClient(create_app(model, threads=1, explain=explain)) as client:
+    served = [client.post("/v1/predict", files={"files": open(i, "rb")}).json()["results"][0]["class"] for i in images]
+    info = client.get("/v1/model").json()
+print(json.dumps({"labels": labels, "served": served, "explain": info["explain"]}))
+"""
+
+
+def test_onnx_only_prediction_and_serving_need_no_pytorch(run_dir, images, tmp_path):
+    shutil.copy(run_dir / "model.onnx", tmp_path / "model.onnx")
+    expected = [p.label for p in Predictor(run_dir).predict_batch(images[:4])]
+    # an ONNX file alone, and a run folder's ONNX with the checkpoint beside it but explain switched off
+    for model, explain in ((tmp_path / "model.onnx", "1"), (run_dir / "model.onnx", "0")):
+        args = [sys.executable, "-c", NO_TORCH, str(model), explain, *map(str, images[:4])]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert got == {"labels": expected, "served": expected, "explain": False}
 
 
 def test_serve_command_runs_uvicorn(run_dir, images):

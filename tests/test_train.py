@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defectlite.cli.compare import split_models
-from defectlite.data.transforms import train_augment
+from defectlite.data.augment import train_augment
 from defectlite.errors import ConfigError
 from defectlite.models import create_model
 from defectlite.train.averaging import WeightAverage

@@ -5,10 +5,19 @@ Public API::
     from defectlite import Predictor, create_model, list_models, reparameterize
 """
 
-from defectlite.compress.reparam import reparameterize
+from defectlite._lazy import lazy_attributes
 from defectlite.deploy.predictor import Prediction, Predictor
 from defectlite.errors import CheckpointError, ConfigError, DataError, DefectliteError
-from defectlite.models import create_model, list_models
+
+# PyTorch-side names load on first use: ``from defectlite import Predictor`` stays free of torch.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "create_model": "defectlite.models",
+        "list_models": "defectlite.models",
+        "reparameterize": "defectlite.compress.reparam",
+    },
+)
 
 __all__ = [
     "CheckpointError",

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from defectlite.errors import CheckpointError
 from defectlite.utils import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:  # PyTorch is imported by the functions that need it, not by this module (see resolve_checkpoint)
+    import torch
+    from torch import nn
 
 CARD_VERSION = 1
 
@@ -136,3 +137,21 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as e:
         raise CheckpointError(f"{stem}.safetensors does not match the model in its card: {e}") from None
     return model.eval(), card
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint stem of the deployed model for a run folder, an ONNX file, or a checkpoint path.
+
+    ``RUN`` -> ``RUN/model``; ``X.onnx`` -> ``X`` (``X.json`` + ``X.safetensors`` beside it);
+    ``X.json`` / ``X.safetensors`` / ``X`` -> ``X``.
+
+    Raises:
+        CheckpointError: the card or the weights are missing (the message names the path).
+    """
+    p = Path(path)
+    stem = p / "model" if p.is_dir() else (p.with_suffix("") if p.suffix in (".onnx", ".json", ".safetensors") else p)
+    missing = [s for s in (".json", ".safetensors") if not stem.with_suffix(s).is_file()]
+    if missing:
+        names = " and ".join(str(stem.with_suffix(s)) for s in missing)
+        raise CheckpointError(f"no PyTorch checkpoint for {p}: {names} not found (Grad-CAM needs the model weights)")
+    return stem

@@ -28,7 +28,8 @@ from defectlite.checkpoint import load_checkpoint, save_checkpoint
 from defectlite.compress.reparam import reparameterize
 from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
 from defectlite.data import SplitData, prepare, resolve_data_path
-from defectlite.data.transforms import normalize, train_augment
+from defectlite.data.augment import train_augment
+from defectlite.data.transforms import normalize
 from defectlite.deploy.export import PARITY_TOL, check_parity, export_onnx
 from defectlite.errors import CheckpointError, ConfigError
 from defectlite.evaluate.metrics import classification_metrics

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -55,6 +54,8 @@ def _json_default(o: Any) -> Any:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch RNGs."""
+    import torch  # here, not at the top: the deployment path imports this module without PyTorch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Serve MODEL.onnx with FastAPI + uvicorn: POST /v1/predict and /v1/explain (multipart field 'files'), "
             "GET /v1/model, /v1/stats, /healthz, the page at / and the API docs at /docs. Concurrent requests are "
-            "micro-batched into one ONNX Runtime call. Grad-CAM needs model.json + model.safetensors beside the ONNX."
+            "micro-batched into one ONNX Runtime call. Grad-CAM needs model.json + model.safetensors beside the ONNX "
+            "and PyTorch (about 0.7 GB per worker); an ONNX file alone, or --no-explain, is served without PyTorch."
         ),
     )
     p.add_argument("model", type=Path, metavar="MODEL", help="model.onnx from `defectlite export`, or its run folder")
@@ -26,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
     p.add_argument(
         "--threads", type=int, help="ONNX Runtime threads per worker (default: (cores - 1) / workers, at least 1)"
+    )
+    p.add_argument(
+        "--no-explain",
+        dest="explain",
+        action="store_false",
+        help="do not load the checkpoint for Grad-CAM (/v1/explain answers 501): no PyTorch, ~0.1 GB per worker",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "max_upload_mb": args.max_upload_mb,
         "max_pixels": args.max_pixels,
         "threads": threads,
+        "explain": args.explain,
     }
     # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment
     os.environ[ENV_MODEL], os.environ[ENV_OPTIONS] = str(model), json.dumps(options)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defectlite.deploy.export import METADATA_KEY
+from defectlite.deploy.onnx_model import METADATA_KEY
 from defectlite.errors import ConfigError
 from defectlite.utils import atomic_write
 

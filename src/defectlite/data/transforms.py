@@ -1,4 +1,4 @@
-"""Preprocessing and augmentation: the one definition used by training, evaluation and prediction.
+"""Preprocessing: the one definition used by training, evaluation and prediction (NumPy and PIL only).
 
 An image becomes a model input in two steps, both defined only here:
 
@@ -6,6 +6,8 @@ An image becomes a model input in two steps, both defined only here:
    the recipe's input size with PIL's bilinear filter; result ``(C, H, W)`` uint8. The training
    cache stores exactly this.
 2. :func:`normalize` — ``(x / 255 - mean) / std`` per channel, on a batch ``(N, C, H, W)``.
+
+Training augmentation (PyTorch) lives in :mod:`defectlite.data.augment`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 
 from defectlite.errors import DataError
 
@@ -90,7 +90,7 @@ def to_uint8(source: ImageSource, size: Sequence[int], channels: int = 1, name: 
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
 
 
-def normalize(x: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Map uint8 pixels to the model's input: ``(x / 255 - mean) / std`` per channel.
 
     NumPy on purpose: the inference service calls it per request, where PyTorch's per-op overhead
@@ -103,7 +103,7 @@ def normalize(x: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float
     Returns:
         float32 array, same shape.
     """
-    a = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+    a = np.asarray(x)  # a CPU tensor converts without a copy
     m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
     return (a.astype(np.float32) * np.float32(1 / 255) - m) / s
@@ -113,60 +113,3 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
     x = images.astype(np.float64) / 255.0
     return x.mean(axis=(0, 2, 3)).round(4).tolist(), np.maximum(x.std(axis=(0, 2, 3)), 1e-3).round(4).tolist()
-
-
-class _RandomCropResize(torch.nn.Module):
-    """Crop ``share`` of each side at a random position, then resize back (bilinear) to the input size."""
-
-    def __init__(self, share: float) -> None:
-        super().__init__()
-        if not 0.0 < share <= 1.0:
-            raise DataError(f"crop share must be in (0, 1], got {share}")
-        self.share = share
-
-    def forward(self, x: Tensor) -> Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        h, w = x.shape[-2:]
-        ch, cw = max(1, round(h * self.share)), max(1, round(w * self.share))
-        top = int(torch.randint(0, h - ch + 1, ()).item())
-        left = int(torch.randint(0, w - cw + 1, ()).item())
-        return TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=True)
-
-
-def train_augment(
-    *,
-    hflip: bool = True,
-    vflip: bool = True,
-    rotate_deg: float = 0.0,
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    erasing: float = 0.0,
-    crop: float = 1.0,
-):
-    """Training augmentation on uint8 tensors (C, H, W), from ``torchvision.transforms.v2``.
-
-    Args:
-        hflip, vflip: random horizontal / vertical flips (p = 0.5 each).
-        rotate_deg: random rotation in [-rotate_deg, rotate_deg] degrees, bilinear, zero fill.
-        brightness, contrast: ColorJitter strengths (0 = off).
-        erasing: probability of erasing one random rectangle (random erasing / cutout; Zhong et al. 2020).
-        crop: < 1 takes a random crop of this share of each side and resizes it back to the input size
-            (the WeldNet paper crops 600 x 731 of 800 x 974, i.e. 0.75).
-    """
-    from torchvision.transforms import v2
-
-    ops: list = []
-    if crop < 1.0:
-        ops.append(_RandomCropResize(crop))
-    if hflip:
-        ops.append(v2.RandomHorizontalFlip())
-    if vflip:
-        ops.append(v2.RandomVerticalFlip())
-    if rotate_deg > 0:
-        ops.append(v2.RandomRotation(rotate_deg, interpolation=v2.InterpolationMode.BILINEAR))
-    if brightness > 0 or contrast > 0:
-        ops.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
-    if erasing > 0:
-        ops.append(v2.RandomErasing(p=erasing, value=0))
-    return v2.Compose(ops) if ops else None

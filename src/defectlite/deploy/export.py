@@ -19,12 +19,12 @@ from torch import nn
 
 from defectlite.compress.reparam import reparameterize
 from defectlite.data.transforms import normalize
+from defectlite.deploy.onnx_model import METADATA_KEY, ort_session
 from defectlite.errors import CheckpointError
-from defectlite.evaluate.profile import count_params, ort_session
+from defectlite.evaluate.profile import count_params
 from defectlite.utils import atomic_write
 
 log = logging.getLogger(__name__)
-METADATA_KEY = "defectlite"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PARITY_TOL = 1e-4
 
@@ -92,27 +92,6 @@ def _version() -> str:
         return version("defectlite")
     except PackageNotFoundError:
         return "unknown"
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``defectlite`` metadata of an exported ONNX file.
-
-    Raises:
-        CheckpointError: missing file, not ONNX, or exported without defectlite metadata.
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ONNX model not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError / ValueError variants
-        raise CheckpointError(f"{path}: not a readable ONNX model ({e})") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise CheckpointError(f"{path}: ONNX model has no defectlite metadata (export it with `defectlite export`)")
-    return json.loads(props[METADATA_KEY])
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray, card: dict[str, Any]) -> float:

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from defectlite.data.transforms import ImageSource, normalize, to_uint8
-from defectlite.deploy.export import read_metadata
+from defectlite.deploy.onnx_model import ort_session, read_metadata
 from defectlite.errors import CheckpointError, DataError
-from defectlite.evaluate.profile import ort_session
 
 
 @dataclass(frozen=True)

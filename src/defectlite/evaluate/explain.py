@@ -120,24 +120,6 @@ def feature_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -
     return _blocks_of(model) or [find_target_layer(model, input_shape)]
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint stem of the deployed model for a run folder, an ONNX file, or a checkpoint path.
-
-    ``RUN`` -> ``RUN/model``; ``X.onnx`` -> ``X`` (``X.json`` + ``X.safetensors`` beside it);
-    ``X.json`` / ``X.safetensors`` / ``X`` -> ``X``.
-
-    Raises:
-        CheckpointError: the card or the weights are missing (the message names the path).
-    """
-    p = Path(path)
-    stem = p / "model" if p.is_dir() else (p.with_suffix("") if p.suffix in (".onnx", ".json", ".safetensors") else p)
-    missing = [s for s in (".json", ".safetensors") if not stem.with_suffix(s).is_file()]
-    if missing:
-        names = " and ".join(str(stem.with_suffix(s)) for s in missing)
-        raise CheckpointError(f"no PyTorch checkpoint for {p}: {names} not found (Grad-CAM needs the model weights)")
-    return stem
-
-
 class Explainer:
     """Grad-CAM and feature maps of one defectlite model; safe to call from several threads (calls are serialised).
 
@@ -175,9 +157,9 @@ class Explainer:
         """Load the model of a run folder, an ONNX file's sibling checkpoint, or a checkpoint stem.
 
         Raises:
-            CheckpointError: see :func:`resolve_checkpoint` and :func:`~defectlite.checkpoint.load_checkpoint`.
+            CheckpointError: see :mod:`defectlite.checkpoint` (resolve_checkpoint, load_checkpoint).
         """
-        from defectlite.checkpoint import load_checkpoint
+        from defectlite.checkpoint import load_checkpoint, resolve_checkpoint
 
         model, card = load_checkpoint(resolve_checkpoint(path))
         return cls(model, card, layer)

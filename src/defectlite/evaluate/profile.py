@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from defectlite.deploy.onnx_model import ort_session
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not; buffers excluded)."""
@@ -102,24 +104,6 @@ def torch_timing(
     finally:
         torch.set_num_threads(prev)
     return _timing(f"torch {torch.__version__} eager fp32", threads, input_shape, warmup, ms)
-
-
-def ort_session(onnx_path: str | Path, threads: int, *, spinning: bool = True):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation.
-
-    ``spinning=False`` stops idle worker threads from busy-waiting (``session.intra_op.allow_spinning``):
-    slower for back-to-back benchmark calls, better when the process also serves HTTP.
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
 def ort_timing(
