@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from defectlite.deploy.export import export_onnx
-from defectlite.deploy.onnx_model import read_metadata
 from defectlite.evaluate.profile import interleaved_ort_latency, machine
 from defectlite.models import create_model
+from defectlite.onnx_file import read_metadata
 from defectlite.utils import atomic_write_json, atomic_write_text
 
 BASELINES = ("mobilenetv3_small_050", "resnet18")

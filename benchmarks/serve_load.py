@@ -43,9 +43,9 @@ import numpy as np
 
 from defectlite.data.locate import default_data_root
 from defectlite.data.readers import is_image
-from defectlite.deploy.onnx_model import read_metadata
 from defectlite.deploy.predictor import resolve_model_path
 from defectlite.evaluate.profile import machine, ort_timing
+from defectlite.onnx_file import read_metadata
 from defectlite.utils import atomic_write_json, atomic_write_text
 
 HOST = "127.0.0.1"  # loopback only, by design

@@ -15,10 +15,10 @@ from defectlite.compress.sparsity import SparsityObjective, bn_l1, gammas
 from defectlite.data import prepare
 from defectlite.data.transforms import normalize
 from defectlite.deploy.export import check_parity, export_onnx
-from defectlite.deploy.onnx_model import ort_session
 from defectlite.errors import ConfigError
 from defectlite.evaluate.profile import count_params
 from defectlite.models import create_model
+from defectlite.onnx_file import ort_session
 from defectlite.train.objectives import CrossEntropy
 from test_models import randomize_bn
 

@@ -10,9 +10,9 @@ from defectlite import Predictor
 from defectlite.checkpoint import load_checkpoint, save_checkpoint
 from defectlite.data import prepare
 from defectlite.deploy.export import check_parity, export_onnx
-from defectlite.deploy.onnx_model import read_metadata
 from defectlite.errors import CheckpointError, DataError
 from defectlite.models import create_model
+from defectlite.onnx_file import read_metadata
 from test_models import randomize_bn
 
 

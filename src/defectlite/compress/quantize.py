@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from defectlite.deploy.onnx_model import METADATA_KEY
 from defectlite.errors import ConfigError
+from defectlite.onnx_file import METADATA_KEY
 from defectlite.utils import atomic_write
 
 log = logging.getLogger(__name__)

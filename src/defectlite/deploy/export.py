@@ -19,9 +19,9 @@ from torch import nn
 
 from defectlite.compress.reparam import reparameterize
 from defectlite.data.transforms import normalize
-from defectlite.deploy.onnx_model import METADATA_KEY, ort_session
 from defectlite.errors import CheckpointError
 from defectlite.evaluate.profile import count_params
+from defectlite.onnx_file import METADATA_KEY, ort_session
 from defectlite.utils import atomic_write
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from defectlite.data.transforms import ImageSource, normalize, to_uint8
-from defectlite.deploy.onnx_model import ort_session, read_metadata
 from defectlite.errors import CheckpointError, DataError
+from defectlite.onnx_file import ort_session, read_metadata
 
 
 @dataclass(frozen=True)

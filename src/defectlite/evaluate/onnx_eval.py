@@ -12,10 +12,10 @@ from torch import nn
 from defectlite.compress.reparam import reparameterize
 from defectlite.data.dataset import SplitData
 from defectlite.data.transforms import normalize
-from defectlite.deploy.onnx_model import ort_session
 from defectlite.deploy.predictor import softmax
 from defectlite.evaluate.metrics import classification_metrics
 from defectlite.evaluate.profile import count_macs, count_params, file_size_mb, ort_timing
+from defectlite.onnx_file import ort_session
 
 
 def evaluate_onnx(path: Path, data: SplitData, card: dict[str, Any]) -> dict[str, float]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectlite.deploy.onnx_model import ort_session
+from defectlite.onnx_file import ort_session
 
 
 def count_params(model: nn.Module) -> int:

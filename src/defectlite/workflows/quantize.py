@@ -7,8 +7,8 @@ from typing import Any
 
 from defectlite.compress.quantize import quantize_onnx
 from defectlite.data.transforms import normalize
-from defectlite.deploy.onnx_model import read_metadata
 from defectlite.evaluate.onnx_eval import evaluate_onnx, onnx_cost
+from defectlite.onnx_file import read_metadata
 from defectlite.pipeline import load_data, load_run_config
 
 

@@ -1,4 +1,6 @@
-"""An exported defectlite ONNX file as the deployment side sees it: its metadata and a runtime session.
+"""An exported defectlite ONNX file: the metadata contract (written by ``deploy.export``, read by the
+Predictor, quantisation and benchmarks) and an ONNX Runtime session, shared by evaluate, compress and deploy
+as :mod:`defectlite.checkpoint` is for PyTorch checkpoints.
 
 Imports neither PyTorch nor timm, so that ``defectlite predict``, the Python :class:`Predictor` and
 ``defectlite serve`` on an ONNX file alone load only NumPy, Pillow, ONNX and ONNX Runtime
