@@ -29,7 +29,9 @@ from defectlite.utils import atomic_write_json, atomic_write_text
 from defectlite.workflows.ensemble import member_dirs
 
 
-def run_one(ds: str, model: str, fraction: float, seed: int, run_dir: Path, epochs: int | None) -> dict:
+def run_one(
+    ds: str, model: str, fraction: float, seed: int, run_dir: Path, epochs: int | None, sets: list[str]
+) -> dict:
     if not (run_dir / "report.json").is_file():
         if (run_dir / "config.yaml").is_file():
             cmd = ["defectlite", "-q", "train", "--resume", str(run_dir)]
@@ -56,6 +58,7 @@ def run_one(ds: str, model: str, fraction: float, seed: int, run_dir: Path, epoc
                     "--set",
                     f"student.optim.epochs={3 * epochs}",
                 ]
+            cmd += [a for kv in sets for a in ("--set", kv)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return json.loads((run_dir / "report.json").read_text())
@@ -132,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--epochs", type=int, help="member epochs (default: recipe; 40 for fractions < 0.5); the student trains 3x"
     )
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for every run, e.g. data.input_size=[96,96] (repeatable; recorded in the table)",
+    )
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-ensembles"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument(
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 seeds = list(range(args.first_seed, args.first_seed + args.seeds))
                 for seed in seeds:
                     folder = args.runs / ds / model / f"f{fraction:g}" / f"seed{seed}"
-                    reports.append(run_one(ds, model, fraction, seed, folder, epochs))
+                    reports.append(run_one(ds, model, fraction, seed, folder, epochs, args.sets))
                     folders.append(folder)
                 single, ens, ens_params = ensemble_onnx(folders[0])
                 lat = interleaved_ort_latency(
@@ -166,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                         "fraction": fraction,
                         "seeds": args.seeds,
                         "seed_list": seeds,
+                        "member_epochs": epochs,
+                        "overrides": args.sets,
                         "accuracy_per_seed": per_seed(reports),
                         "train_images": reports[0]["data"]["counts"]["train"],
                         "params_single": reports[0]["profile"]["params_deployed"],
@@ -198,6 +211,7 @@ def render(r: dict) -> str:
             f"## {g['dataset']}, {g['model']}, {100 * g['fraction']:g} % of the training split "
             f"({g['train_images']} images), {g['seeds']} seed(s): {', '.join(map(str, g.get('seed_list', [])))}",
             "",
+            *([f"Overrides: `{' '.join(g['overrides'])}`.", ""] if g.get("overrides") else []),
             "| | test accuracy (mean ± std) | params | ORT b1 ms (1 thread) |",
             "|---|---|---|---|",
         ]
