@@ -81,7 +81,7 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
     PyTorch is imported only when that checkpoint exists: an ONNX file alone is served without it.
     """
     try:
-        resolve_checkpoint(model_path)
+        stem = resolve_checkpoint(model_path)
     except CheckpointError as e:
         return None, str(e)
     import torch
@@ -89,7 +89,7 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
     from defectlite.evaluate.explain import Explainer
 
     try:
-        explainer = Explainer.from_checkpoint(model_path)
+        explainer = Explainer.from_checkpoint(stem)
     except (CheckpointError, ConfigError) as e:
         return None, str(e)
     c = explainer.card
