@@ -271,9 +271,10 @@ def test_explain_unavailable_without_the_checkpoint(run_dir, images, tmp_path):
 
 
 NO_TORCH = """
-import json, sys
-for name in ("torch", "torchvision", "timm"):
-    sys.modules[name] = None  # any import of them now raises ImportError
+import contextlib, io, json, sys
+from defectlite.cli.main import TRAIN_EXTRA, main
+for name in TRAIN_EXTRA:
+    sys.modules[name] = None  # as if installed without the train extra: importing them raises ModuleNotFoundError
 from starlette.testclient import TestClient
 from defectlite import Predictor
 from defectlite.deploy.serve import create_app
@@ -282,20 +283,32 @@ labels = [p.label for p in Predictor(model).predict_batch(images)]
 with TestClient(create_app(model, threads=1, explain=explain)) as client:
     served = [client.post("/v1/predict", files={"files": open(i, "rb")}).json()["results"][0]["class"] for i in images]
     info = client.get("/v1/model").json()
-print(json.dumps({"labels": labels, "served": served, "explain": info["explain"]}))
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    cli_predict = main(["-q", "predict", model, *images])
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    cli_models = main(["-q", "models"])
+print(json.dumps({"labels": labels, "served": served, "explain": info["explain"], "cli_predict": cli_predict,
+                  "cli_lines": len(out.getvalue().splitlines()), "cli_models": cli_models, "err": err.getvalue()}))
 """
 
 
 def test_onnx_only_prediction_and_serving_need_no_pytorch(run_dir, images, tmp_path):
     shutil.copy(run_dir / "model.onnx", tmp_path / "model.onnx")
     expected = [p.label for p in Predictor(run_dir).predict_batch(images[:4])]
-    # an ONNX file alone, and a run folder's ONNX with the checkpoint beside it but explain switched off
-    for model, explain in ((tmp_path / "model.onnx", "1"), (run_dir / "model.onnx", "0")):
+    # an ONNX file alone, and a run folder's ONNX with its checkpoint beside it (Grad-CAM then falls away)
+    for model, explain in (
+        (tmp_path / "model.onnx", "1"),
+        (run_dir / "model.onnx", "0"),
+        (run_dir / "model.onnx", "1"),
+    ):
         args = [sys.executable, "-c", NO_TORCH, str(model), explain, *map(str, images[:4])]
         out = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         got = json.loads(out.stdout.strip().splitlines()[-1])
-        assert got == {"labels": expected, "served": expected, "explain": False}
+        assert got["labels"] == expected and got["served"] == expected and got["explain"] is False
+        assert got["cli_predict"] == 0 and got["cli_lines"] == 4
+        # a command that needs PyTorch says which extra to install instead of a traceback
+        assert got["cli_models"] == 2 and 'pip install "defectlite[train]"' in got["err"], got["err"]
 
 
 def test_serve_command_runs_uvicorn(run_dir, images):

@@ -8,6 +8,19 @@ import sys
 
 from defectlite.errors import DefectliteError
 
+# modules of the ``train`` extra (pyproject.toml): a plain ``pip install defectlite`` runs exported models only
+TRAIN_EXTRA = {
+    "torch",
+    "torchvision",
+    "timm",
+    "safetensors",
+    "sklearn",
+    "matplotlib",
+    "onnxscript",
+    "pytorch_grad_cam",
+    "torch_pruning",
+}
+
 COMMANDS = ("train", "export", "predict", "models", "recipes", "compare", "prune", "quantize", "serve", "explain")
 
 
@@ -46,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DefectliteError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in TRAIN_EXTRA:
+            raise
+        print(
+            f"error: `defectlite {args.command}` needs {e.name}, which is not installed; install the training "
+            'extra: pip install "defectlite[train]" (an exported model.onnx needs only `predict` and `serve`)',
+            file=sys.stderr,
+        )
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -84,9 +84,12 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
         stem = resolve_checkpoint(model_path)
     except CheckpointError as e:
         return None, str(e)
-    import torch
+    try:
+        import torch
 
-    from defectlite.evaluate.explain import Explainer
+        from defectlite.evaluate.explain import Explainer
+    except ModuleNotFoundError as e:  # installed without the ``train`` extra
+        return None, f'Grad-CAM needs {e.name}, which is not installed (pip install "defectlite[train]")'
 
     try:
         explainer = Explainer.from_checkpoint(stem)
