@@ -272,7 +272,8 @@ def test_explain_unavailable_without_the_checkpoint(run_dir, images, tmp_path):
 
 NO_TORCH = """
 import contextlib, io, json, sys
-from defectlite.cli.main import TRAIN_EXTRA, main
+from defectlite.cli.main import main
+from defectlite.errors import TRAIN_EXTRA
 for name in TRAIN_EXTRA:
     sys.modules[name] = None  # as if installed without the train extra: importing them raises ModuleNotFoundError
 from starlette.testclient import TestClient

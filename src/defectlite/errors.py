@@ -24,3 +24,29 @@ class UnknownModelError(DefectliteError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+# modules of the ``train`` extra (pyproject.toml): a plain ``pip install defectlite`` runs exported models only
+TRAIN_EXTRA = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "timm",
+        "safetensors",
+        "sklearn",
+        "matplotlib",
+        "onnxscript",
+        "pytorch_grad_cam",
+        "torch_pruning",
+    }
+)
+
+
+def missing_train_extra(error: ModuleNotFoundError) -> str | None:
+    """Why ``error`` happened if a module of the ``train`` extra is not installed (with the install command), else None.
+
+    Callers re-raise when this returns None: a missing module of our own is a bug, not an install choice.
+    """
+    if (error.name or "").partition(".")[0] not in TRAIN_EXTRA:
+        return None
+    return f'{error.name} (not installed: pip install "defectlite[train]")'

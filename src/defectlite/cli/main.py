@@ -6,20 +6,7 @@ import argparse
 import logging
 import sys
 
-from defectlite.errors import DefectliteError
-
-# modules of the ``train`` extra (pyproject.toml): a plain ``pip install defectlite`` runs exported models only
-TRAIN_EXTRA = {
-    "torch",
-    "torchvision",
-    "timm",
-    "safetensors",
-    "sklearn",
-    "matplotlib",
-    "onnxscript",
-    "pytorch_grad_cam",
-    "torch_pruning",
-}
+from defectlite.errors import DefectliteError, missing_train_extra
 
 COMMANDS = ("train", "export", "predict", "models", "recipes", "compare", "prune", "quantize", "serve", "explain")
 
@@ -61,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
-        if (e.name or "").partition(".")[0] not in TRAIN_EXTRA:
+        why = missing_train_extra(e)
+        if why is None:
             raise
         print(
-            f"error: `defectlite {args.command}` needs {e.name}, which is not installed; install the training "
-            'extra: pip install "defectlite[train]" (an exported model.onnx needs only `predict` and `serve`)',
+            f"error: `defectlite {args.command}` needs {why}; an exported model.onnx needs only `predict` and `serve`",
             file=sys.stderr,
         )
         return 2

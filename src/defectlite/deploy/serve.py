@@ -55,7 +55,7 @@ from defectlite.deploy.uploads import (
     parse_multipart,
     read_body,
 )
-from defectlite.errors import CheckpointError, ConfigError, DataError
+from defectlite.errors import CheckpointError, ConfigError, DataError, missing_train_extra
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,11 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
         import torch
 
         from defectlite.evaluate.explain import Explainer
-    except ModuleNotFoundError as e:  # installed without the ``train`` extra
-        return None, f'Grad-CAM needs {e.name}, which is not installed (pip install "defectlite[train]")'
+    except ModuleNotFoundError as e:
+        why = missing_train_extra(e)
+        if why is None:
+            raise
+        return None, f"Grad-CAM needs {why}"
 
     try:
         explainer = Explainer.from_checkpoint(stem)
