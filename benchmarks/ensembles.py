@@ -9,6 +9,7 @@ member, the focal ensemble and the student (exported the same way, measured inte
 
     python benchmarks/ensembles.py --seeds 3 --fractions 0.1        # the reduced-data study
     python benchmarks/ensembles.py --seeds 1 --fractions 1.0        # full training sets
+    python benchmarks/ensembles.py --summary                         # all result files in one table
 """
 
 from __future__ import annotations
@@ -153,7 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="an earlier result file whose other seeds of the same groups join the table (repeatable)",
     )
+    ap.add_argument(
+        "--summary",
+        action="store_true",
+        help="train nothing: gather every ensembles_*.json in --out into one table, ensembles.md",
+    )
     args = ap.parse_args(argv)
+    if args.summary:
+        text = render_summary(sorted(args.out.glob("ensembles_*.json")))
+        atomic_write_text(args.out / "ensembles.md", text)
+        print(text)
+        return 0
     earlier = [(path, json.loads(path.read_text())) for path in args.merge]
     groups = []
     for ds in args.datasets.split(","):
@@ -227,6 +238,46 @@ def render(r: dict) -> str:
             f"keeps {100 * kept:+.2f} points ({share} of the gain).",
             "",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(paths: list[Path]) -> str:
+    """One table of every group in the result files ``paths``: the headline of each per-group table.
+
+    Accuracies are test-set means ± sample std over seeds (%); latencies are ONNX Runtime batch-1
+    medians (ms, 1 thread) of a single member and the student, measured in the same run. The budget
+    column gives member / student epochs and the input side (recipe defaults: 20 / 60 epochs, 40 / 120
+    below half the training split as in :func:`main`, 128 px).
+    """
+    lines = [
+        "# Ensembles and ensemble-distillation: all results (WeldNet paper Tables 3-4)",
+        "",
+        "Written by `python benchmarks/ensembles.py --summary` from the result files named in the last column;",
+        "each holds the per-seed accuracies and the overrides. Test accuracy in %, mean ± std over seeds; the",
+        "student keeps (student - single) / (focal ensemble - single) of the ensemble's gain. Recipes:",
+        "`neu-ensemble-fast` and `casting-ensemble-fast` (N = 5, focal k = 2, soft targets T = 4).",
+        "",
+        "| data | model | training images | budget (epochs, px) | seeds | single | mean ens. | focal ens. "
+        "| FE + KD student | student keeps | ms single / student | file |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups = [(path, g) for path in paths for g in json.loads(path.read_text())["groups"]]
+    for path, g in sorted(groups, key=lambda pg: (-pg[1]["fraction"], pg[1]["dataset"], pg[1]["model"])):
+        acc = {k: f"{100 * m:.2f} ± {100 * s:.2f}" for k, (m, s) in g["accuracy"].items()}
+        single, focal = g["accuracy"]["single (member mean)"][0], g["accuracy"]["focal ensemble"][0]
+        kept = g["accuracy"]["FE + KD student"][0] - single
+        share = f"{100 * kept / (focal - single):.0f} %" if focal > single and kept > 0 else "none"
+        epochs = g.get("member_epochs") or (40 if g["fraction"] < 0.5 else 20)
+        size = next((o.split("=", 1)[1] for o in g.get("overrides") or [] if o.startswith("data.input_size=")), "")
+        side = size.strip("[]").split(",")[0] if size else "128"
+        lat = g["latency"]
+        lines.append(
+            f"| {g['dataset']} | {g['model']} | {g['train_images']} ({100 * g['fraction']:g} %) "
+            f"| {epochs} / {3 * epochs}, {side} | {g['seeds']} "
+            f"| {acc['single (member mean)']} | {acc['mean ensemble']} | {acc['focal ensemble']} "
+            f"| {acc['FE + KD student']} | {share} "
+            f"| {lat['single']['median_ms']:.3f} / {lat['student']['median_ms']:.3f} | `{path.name}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
