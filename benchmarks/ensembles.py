@@ -79,6 +79,18 @@ def ensemble_onnx(run_dir: Path, method: str = "focal", k: float = 2.0) -> tuple
     return single, ens, sum(count_params(m) for m in members)
 
 
+def default_member_epochs(fraction: float) -> int | None:
+    """Member epochs when --epochs is not given: 40 below half the training split, else the recipe's (None)."""
+    return 40 if fraction < 0.5 else None
+
+
+def gain_and_kept(group: dict) -> tuple[float, float]:
+    """Focal-ensemble gain over a single model and the part the student keeps (accuracy fractions)."""
+    acc = group["accuracy"]
+    single = acc["single (member mean)"][0]
+    return acc["focal ensemble"][0] - single, acc["FE + KD student"][0] - single
+
+
 def per_seed(reports: list[dict]) -> dict[str, list[float]]:
     """Test accuracy per seed of each row of the table (single = mean of the members)."""
     return {
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     for ds in args.datasets.split(","):
         for model in args.models.split(","):
             for fraction in map(float, args.fractions.split(",")):
-                epochs = args.epochs or (40 if fraction < 0.5 else None)
+                epochs = args.epochs or default_member_epochs(fraction)
                 reports, folders = [], []
                 seeds = list(range(args.first_seed, args.first_seed + args.seeds))
                 for seed in seeds:
@@ -216,8 +228,7 @@ def render(r: dict) -> str:
     lines = ["# Ensembles and ensemble-distillation (WeldNet paper Tables 3-4)", ""]
     for g in r["groups"]:
         lat = g["latency"]
-        gain = g["accuracy"]["focal ensemble"][0] - g["accuracy"]["single (member mean)"][0]
-        kept = g["accuracy"]["FE + KD student"][0] - g["accuracy"]["single (member mean)"][0]
+        gain, kept = gain_and_kept(g)
         lines += [
             f"## {g['dataset']}, {g['model']}, {100 * g['fraction']:g} % of the training split "
             f"({g['train_images']} images), {g['seeds']} seed(s): {', '.join(map(str, g.get('seed_list', [])))}",
@@ -247,7 +258,7 @@ def render_summary(paths: list[Path]) -> str:
     Accuracies are test-set means ± sample std over seeds (%); latencies are ONNX Runtime batch-1
     medians (ms, 1 thread) of a single member and the student, measured in the same run. The budget
     column gives member / student epochs and the input side (recipe defaults: 20 / 60 epochs, 40 / 120
-    below half the training split as in :func:`main`, 128 px).
+    below half the training split as in :func:`default_member_epochs`, 128 px).
     """
     lines = [
         "# Ensembles and ensemble-distillation: all results (WeldNet paper Tables 3-4)",
@@ -264,10 +275,9 @@ def render_summary(paths: list[Path]) -> str:
     groups = [(path, g) for path in paths for g in json.loads(path.read_text())["groups"]]
     for path, g in sorted(groups, key=lambda pg: (-pg[1]["fraction"], pg[1]["dataset"], pg[1]["model"])):
         acc = {k: f"{100 * m:.2f} ± {100 * s:.2f}" for k, (m, s) in g["accuracy"].items()}
-        single, focal = g["accuracy"]["single (member mean)"][0], g["accuracy"]["focal ensemble"][0]
-        kept = g["accuracy"]["FE + KD student"][0] - single
-        share = f"{100 * kept / (focal - single):.0f} %" if focal > single and kept > 0 else "none"
-        epochs = g.get("member_epochs") or (40 if g["fraction"] < 0.5 else 20)
+        gain, kept = gain_and_kept(g)
+        share = f"{100 * kept / gain:.0f} %" if gain > 0 and kept > 0 else "none"
+        epochs = g.get("member_epochs") or default_member_epochs(g["fraction"]) or 20
         size = next((o.split("=", 1)[1] for o in g.get("overrides") or [] if o.startswith("data.input_size=")), "")
         side = size.strip("[]").split(",")[0] if size else "128"
         lat = g["latency"]
