@@ -84,6 +84,33 @@ def default_member_epochs(fraction: float) -> int | None:
     return 40 if fraction < 0.5 else None
 
 
+def group_key(ds: str, model: str, fraction: float, epochs: int | None, sets: list[str] | None) -> tuple:
+    """What makes two result groups the same experiment: data set, model, fraction, member epochs, overrides."""
+    return ds, model, float(fraction), epochs or default_member_epochs(fraction), tuple(sets or ())
+
+
+def refuse_overwrite(path: Path, planned: set[tuple]) -> None:
+    """Stop before any training if ``path`` holds results of other experiments than ``planned``.
+
+    Result files are named by data set and fraction only, so a run of another model or with other
+    overrides into the same folder would replace them; the same experiments (e.g. more seeds) may.
+
+    Raises:
+        SystemExit: naming the file, what it holds, and that ``--out DIR`` keeps both.
+    """
+    if not path.is_file():
+        return
+    held = {
+        group_key(g["dataset"], g["model"], g["fraction"], g.get("member_epochs"), g.get("overrides"))
+        for g in json.loads(path.read_text())["groups"]
+    }
+    if held != planned:
+        raise SystemExit(
+            f"{path} holds other results ({sorted(held)}) than this run's {sorted(planned)}; "
+            "it would be overwritten: pass --out DIR to write elsewhere"
+        )
+
+
 def gain_and_kept(group: dict) -> tuple[float, float]:
     """Focal-ensemble gain over a single model and the part the student keeps (accuracy fractions)."""
     acc = group["accuracy"]
@@ -177,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "ensembles.md", text)
         print(text)
         return 0
+    tag = "_".join([*args.datasets.split(","), *(f"f{float(f):g}" for f in args.fractions.split(","))])
+    tag += f"_s{args.first_seed}" if args.first_seed else ""
+    planned = {
+        group_key(ds, model, float(f), args.epochs, args.sets)
+        for ds in args.datasets.split(",")
+        for model in args.models.split(",")
+        for f in args.fractions.split(",")
+    }
+    refuse_overwrite(args.out / f"ensembles_{tag}.json", planned)
     earlier = [(path, json.loads(path.read_text())) for path in args.merge]
     groups = []
     for ds in args.datasets.split(","):
@@ -214,9 +250,6 @@ def main(argv: list[str] | None = None) -> int:
                 groups[-1]["accuracy"] = summarise(groups[-1]["accuracy_per_seed"])
     result = {"groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "_".join([*args.datasets.split(","), *(f"f{float(f):g}" for f in args.fractions.split(","))])
-    first = min(min(g["seed_list"]) for g in groups)
-    tag += f"_s{first}" if first else ""
     atomic_write_json(args.out / f"ensembles_{tag}.json", result)
     atomic_write_text(args.out / f"ensembles_{tag}.md", render(result))
     print(render(result))
