@@ -165,7 +165,8 @@ def merge_earlier(group: dict, earlier: dict, source: Path) -> None:
         group["merged_from"] = [*group.get("merged_from", []), str(source)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of this script."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="how many seeds")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
@@ -198,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train nothing: gather every ensembles_*.json in --out into one table, ensembles.md",
     )
-    args = ap.parse_args(argv)
-    if args.summary:
-        text = render_summary(sorted(args.out.glob("ensembles_*.json")))
-        atomic_write_text(args.out / "ensembles.md", text)
-        print(text)
-        return 0
+    return ap
+
+
+def result_plan(args: argparse.Namespace) -> tuple[Path, set[tuple]]:
+    """The result file a run writes (``--out``/ensembles_<data sets>_f<fractions>[_s<first seed>].json) and
+    the experiments (:func:`group_key`) it will hold."""
     tag = "_".join([*args.datasets.split(","), *(f"f{float(f):g}" for f in args.fractions.split(","))])
     tag += f"_s{args.first_seed}" if args.first_seed else ""
     planned = {
@@ -212,7 +213,18 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models.split(",")
         for f in args.fractions.split(",")
     }
-    refuse_overwrite(args.out / f"ensembles_{tag}.json", planned)
+    return args.out / f"ensembles_{tag}.json", planned
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.summary:
+        text = render_summary(sorted(args.out.glob("ensembles_*.json")))
+        atomic_write_text(args.out / "ensembles.md", text)
+        print(text)
+        return 0
+    result_path, planned = result_plan(args)
+    refuse_overwrite(result_path, planned)
     earlier = [(path, json.loads(path.read_text())) for path in args.merge]
     groups = []
     for ds in args.datasets.split(","):
@@ -250,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 groups[-1]["accuracy"] = summarise(groups[-1]["accuracy_per_seed"])
     result = {"groups": groups}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"ensembles_{tag}.json", result)
-    atomic_write_text(args.out / f"ensembles_{tag}.md", render(result))
+    atomic_write_json(result_path, result)
+    atomic_write_text(result_path.with_suffix(".md"), render(result))
     print(render(result))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 from pathlib import Path
 
@@ -32,12 +33,17 @@ def test_ensembles_refuses_to_overwrite_another_models_results(tmp_path):
     assert not (tmp_path / "runs").exists()  # and nothing trained
 
 
-def test_ensembles_lets_the_same_experiment_update_its_file():
+def test_ensembles_readme_commands_may_rewrite_their_committed_files():
     ens = load_script("ensembles")
-    results = ROOT / "benchmarks" / "results"
-    # the README's commands: more seeds of the same experiment may rewrite the committed files, old schema included
-    ens.refuse_overwrite(results / "ensembles_casting_f1.json", {ens.group_key("casting", "eg_repvgg", 1.0, 10, [])})
-    ens.refuse_overwrite(results / "ensembles_neu_f0.1.json", {ens.group_key("neu", "eg_repvgg", 0.1, None, [])})
-    other_size = {ens.group_key("neu", "eg_repvgg", 0.1, None, ["data.input_size=[96,96]"])}
-    with pytest.raises(SystemExit, match="ensembles_neu_f0.1.json"):
-        ens.refuse_overwrite(results / "ensembles_neu_f0.1.json", other_size)
+    lines = [ln.split("#")[0] for ln in (ROOT / "README.md").read_text().splitlines()]
+    commands = [shlex.split(ln)[2:] for ln in lines if ln.startswith("python benchmarks/ensembles.py --seeds")]
+    assert len(commands) >= 4
+    for argv in commands:
+        args = ens.parser().parse_args(argv)
+        args.out = ROOT / args.out  # the README's commands run from the repository root
+        ens.refuse_overwrite(*ens.result_plan(args))  # same experiment: allowed (old schema included)
+        args.models = "eg_repvgg" if args.models == "weldnet" else "weldnet"
+        path, planned = ens.result_plan(args)
+        if path.is_file():
+            with pytest.raises(SystemExit, match=path.name):
+                ens.refuse_overwrite(path, planned)
