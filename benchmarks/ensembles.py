@@ -79,14 +79,15 @@ def ensemble_onnx(run_dir: Path, method: str = "focal", k: float = 2.0) -> tuple
     return single, ens, sum(count_params(m) for m in members)
 
 
-def default_member_epochs(fraction: float) -> int | None:
-    """Member epochs when --epochs is not given: 40 below half the training split, else the recipe's (None)."""
-    return 40 if fraction < 0.5 else None
+def member_epochs(fraction: float, epochs: int | None = None) -> int | None:
+    """Member epochs of a run: ``epochs`` if given (--epochs), else 40 below half the training split,
+    else the recipe's (None)."""
+    return epochs or (40 if fraction < 0.5 else None)
 
 
 def group_key(ds: str, model: str, fraction: float, epochs: int | None, sets: list[str] | None) -> tuple:
     """What makes two result groups the same experiment: data set, model, fraction, member epochs, overrides."""
-    return ds, model, float(fraction), epochs or default_member_epochs(fraction), tuple(sets or ())
+    return ds, model, float(fraction), member_epochs(fraction, epochs), tuple(sets or ())
 
 
 def refuse_overwrite(path: Path, planned: set[tuple]) -> None:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     for ds in args.datasets.split(","):
         for model in args.models.split(","):
             for fraction in map(float, args.fractions.split(",")):
-                epochs = args.epochs or default_member_epochs(fraction)
+                epochs = member_epochs(fraction, args.epochs)
                 reports, folders = [], []
                 seeds = list(range(args.first_seed, args.first_seed + args.seeds))
                 for seed in seeds:
@@ -303,7 +304,7 @@ def render_summary(paths: list[Path]) -> str:
     Accuracies are test-set means ± sample std over seeds (%); latencies are ONNX Runtime batch-1
     medians (ms, 1 thread) of a single member and the student, measured in the same run. The budget
     column gives member / student epochs and the input side (recipe defaults: 20 / 60 epochs, 40 / 120
-    below half the training split as in :func:`default_member_epochs`, 128 px).
+    below half the training split as in :func:`member_epochs`, 128 px).
     """
     lines = [
         "# Ensembles and ensemble-distillation: all results (WeldNet paper Tables 3-4)",
@@ -322,7 +323,7 @@ def render_summary(paths: list[Path]) -> str:
         acc = {k: f"{100 * m:.2f} ± {100 * s:.2f}" for k, (m, s) in g["accuracy"].items()}
         gain, kept = gain_and_kept(g)
         share = f"{100 * kept / gain:.0f} %" if gain > 0 and kept > 0 else "none"
-        epochs = g.get("member_epochs") or default_member_epochs(g["fraction"]) or 20
+        epochs = member_epochs(g["fraction"], g.get("member_epochs")) or 20
         size = next((o.split("=", 1)[1] for o in g.get("overrides") or [] if o.startswith("data.input_size=")), "")
         side = size.strip("[]").split(",")[0] if size else "128"
         lat = g["latency"]
