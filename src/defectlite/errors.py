@@ -38,6 +38,7 @@ TRAIN_EXTRA = frozenset(
         "onnxscript",
         "pytorch_grad_cam",
         "torch_pruning",
+        "faster_coco_eval",
     }
 )
 
