@@ -11,28 +11,47 @@ from typing import Any
 from defectlite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 
-def write_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], stem: Path, title: str = "") -> None:
-    """Write ``<stem>.csv`` (rows = true, columns = predicted) and ``<stem>.png``."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["true \\ predicted", *classes])
-    for c, row in zip(classes, confusion):
-        w.writerow([c, *row])
-    atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
-
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_confusion(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str], stem: Path, title: str = "", *, normalize: bool = False
+) -> None:
+    """Write ``<stem>.csv`` (rows = true, columns = predicted) and ``<stem>.png``.
+
+    Args:
+        confusion: K x K counts; ``classes`` (K) label both its rows and its columns (a detection matrix passes
+            its classes plus "background").
+        normalize: write each row divided by its sum (the fraction of that true class predicted as each column; a
+            row without samples stays 0) instead of the counts.
+    """
+    if normalize:
+        confusion = [[float(v) / (sum(r) or 1) for v in r] for r in confusion]
+    fmt = "{:.4f}".format if normalize else str
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true \\ predicted", *classes])
+    for c, row in zip(classes, confusion):
+        w.writerow([c, *(fmt(v) for v in row)])
+    atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
+
+    plt = pyplot()
     k = len(classes)
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * k, 1.0 + 0.7 * k))
-    ax.imshow(confusion, cmap="Blues")
-    peak = max(max(r) for r in confusion) or 1
+    ax.imshow(confusion, cmap="Blues", **({"vmin": 0, "vmax": 1} if normalize else {}))
+    peak = 1 if normalize else max(max(r) for r in confusion) or 1
     for i in range(k):
         for j in range(k):
             v = confusion[i][j]
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+            text = f"{v:.2f}" if normalize else str(v)
+            ax.text(j, i, text, ha="center", va="center", color="white" if v > peak / 2 else "black")
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted")
@@ -185,12 +204,9 @@ def write_gamma_plot(npz_path: Path, png_path: Path) -> Path:
         npz_path: ``gammas.npz`` written by :class:`defectlite.compress.sparsity.GammaRecorder`.
         png_path: the PNG to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     snaps = dict(np.load(npz_path))
     epochs = sorted(k for k in snaps if k.startswith("epoch_"))
     first, last = snaps.get("initial", snaps[epochs[0]]), snaps[epochs[-1]]
