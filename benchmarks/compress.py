@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = run / "quantize.json"
         if not out.is_file():
-            from defectlite.workflows.quantize import quantize_and_compare
+            from defectlite.workflows.quantization import quantize_and_compare
 
             atomic_write_json(out, quantize_and_compare(run / "model.onnx", run, out=run / "model.int8.onnx"))
         quant_rows.append({"run": str(run), **json.loads(out.read_text())})

@@ -21,13 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from defectlite.checkpoint import load_checkpoint
 from defectlite.compress.reparam import reparameterize
-from defectlite.deploy.export import export_onnx
+from defectlite.compress.restore import load_checkpoint
+from defectlite.deploy.onnx_export import export_onnx
 from defectlite.evaluate.profile import count_params, interleaved_ort_latency
+from defectlite.runs import open_run
 from defectlite.train.ensemble import Ensemble
 from defectlite.utils import atomic_write_json, atomic_write_text
-from defectlite.workflows.ensemble import member_dirs
 
 
 def run_one(
@@ -68,9 +68,9 @@ def run_one(
 def ensemble_onnx(run_dir: Path, method: str = "focal", k: float = 2.0) -> tuple[Path, Path, int]:
     """Export member 0 and the whole ensemble (same exporter) for the latency comparison."""
     single, ens = run_dir / "member0.onnx", run_dir / f"ensemble_{method}.onnx"
-    members, card = [], None
-    for d in member_dirs(run_dir):
-        model, card = load_checkpoint(d / "best")
+    members, card, run = [], None, open_run(run_dir)
+    for stage in run.members():
+        model, card = load_checkpoint(run.best(stage))
         members.append(reparameterize(model))
     if not single.is_file():
         export_onnx(members[0], card, single)

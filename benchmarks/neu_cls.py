@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from defectlite.deploy.export import export_onnx
+from defectlite.deploy.onnx_export import export_onnx
 from defectlite.evaluate.profile import interleaved_ort_latency, machine
 from defectlite.models import create_model
 from defectlite.onnx_file import read_metadata

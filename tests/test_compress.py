@@ -7,14 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from defectlite.checkpoint import load_checkpoint, save_checkpoint
+from defectlite.checkpoint import save_checkpoint
+from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.layer_prune import prune_layers, residual_blocks
-from defectlite.compress.prune import channel_counts, prune_channels
-from defectlite.compress.quantize import quantize_onnx
+from defectlite.compress.channel_prune import channel_counts, prune_channels
+from defectlite.compress.int8 import quantize_onnx
 from defectlite.compress.sparsity import SparsityObjective, bn_l1, gammas
 from defectlite.data import prepare
 from defectlite.data.transforms import normalize
-from defectlite.deploy.export import check_parity, export_onnx
+from defectlite.deploy.onnx_export import check_parity, export_onnx
 from defectlite.errors import ConfigError
 from defectlite.evaluate.profile import count_params
 from defectlite.models import create_model

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from defectlite import Predictor
-from defectlite.checkpoint import load_checkpoint, save_checkpoint
+from defectlite.checkpoint import save_checkpoint
+from defectlite.compress.restore import load_checkpoint
 from defectlite.data import prepare
-from defectlite.deploy.export import check_parity, export_onnx
+from defectlite.deploy.onnx_export import check_parity, export_onnx
 from defectlite.errors import CheckpointError, DataError
 from defectlite.models import create_model
 from defectlite.onnx_file import read_metadata

@@ -15,7 +15,7 @@ from torch import nn
 from defectlite import Predictor
 from defectlite.cli.main import main
 from defectlite.errors import CheckpointError, ConfigError
-from defectlite.evaluate.explain import (
+from defectlite.evaluate.gradcam import (
     Explainer,
     explain_per_class,
     feature_grid_png,

@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from defectlite import Predictor
-from defectlite.checkpoint import load_checkpoint, save_checkpoint
+from defectlite.checkpoint import save_checkpoint
+from defectlite.compress.restore import load_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.serve import create_app
 from test_explain import neu_images, tiny_run

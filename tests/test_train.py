@@ -12,7 +12,7 @@ from defectlite.models import create_model
 from defectlite.train.averaging import WeightAverage
 from defectlite.train.config import OptimCfg
 from defectlite.train.loop import lr_at
-from defectlite.workflows.compare import parse_model_spec
+from defectlite.workflows.comparison import parse_model_spec
 
 
 def test_lr_schedules():

@@ -3,13 +3,14 @@
 ``<stem>.safetensors`` holds the model's state dict; ``<stem>.json`` (the *card*) holds what is
 needed to rebuild and use the model: registry name and kwargs, ``num_classes``, ``in_chans``,
 class names, input size, normalisation, whether it is re-parameterised, plus metrics. Loading
-rebuilds the model from the card with :func:`defectlite.models.create_model`, applies the
-recorded transforms, then loads the weights (strictly).
+(:func:`defectlite.compress.restore.load_checkpoint`) rebuilds the model from the card, replays the
+recorded transforms (pruning, re-parameterisation), then loads the weights (strictly).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # PyTorch is imported by the functions that need it, not by t
 CARD_VERSION = 1
 
 
-def _stem(path: str | Path) -> Path:
+def checkpoint_stem(path: str | Path) -> Path:
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
@@ -54,12 +55,12 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor], card: dict[str, Any]) -> Path:
     """Write ``<stem>.safetensors`` then ``<stem>.json`` atomically; returns the stem.
 
     Args:
         path: stem, or a path ending in .safetensors / .json.
-        model: its ``state_dict()`` is saved.
+        model: a module (its ``state_dict()`` is saved) or a state dict.
         card: JSON-serialisable description; must hold ``model``, ``num_classes``, ``in_chans``.
 
     Raises:
@@ -68,8 +69,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any]) ->
     missing = {"model", "num_classes", "in_chans"} - set(card)
     if missing:
         raise CheckpointError(f"checkpoint card lacks {sorted(missing)}")
-    stem = _stem(path)
-    save_tensors(stem.with_suffix(".safetensors"), model.state_dict())
+    stem = checkpoint_stem(path)
+    weights = model if isinstance(model, Mapping) else model.state_dict()
+    save_tensors(stem.with_suffix(".safetensors"), dict(weights))
     atomic_write_json(stem.with_suffix(".json"), {"card_version": CARD_VERSION, **card})
     return stem
 
@@ -80,63 +82,13 @@ def read_card(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing or not JSON.
     """
-    card_path = _stem(path).with_suffix(".json")
+    card_path = checkpoint_stem(path).with_suffix(".json")
     if not card_path.is_file():
         raise CheckpointError(f"checkpoint card not found: {card_path}")
     try:
         return json.loads(card_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{card_path}: not valid JSON ({e})") from None
-
-
-def build_from_card(card: dict[str, Any]) -> nn.Module:
-    """Rebuild the (randomly initialised) model a card describes, with its transforms replayed in order.
-
-    Transforms (``card["transforms"]``, a list): ``{"prune_channels": history, "input_shape": [...]}``
-    (Torch-Pruning history), ``{"drop_blocks": [names]}`` (layer pruning); ``card["reparameterized"]``
-    fuses re-parameterisable blocks last.
-
-    Raises:
-        CheckpointError: an unknown transform.
-    """
-    from defectlite.compress.reparam import reparameterize
-    from defectlite.models import create_model
-
-    model = create_model(card["model"], card["num_classes"], card["in_chans"], **card.get("model_kwargs", {}))
-    for t in card.get("transforms", []):
-        if "prune_channels" in t:
-            from defectlite.compress.prune import replay
-
-            replay(model, t["prune_channels"], t["input_shape"])
-        elif "drop_blocks" in t:
-            from defectlite.compress.layer_prune import drop_blocks
-
-            drop_blocks(model, t["drop_blocks"])
-        else:
-            raise CheckpointError(f"unknown model transform in checkpoint card: {sorted(t)}")
-    if card.get("reparameterized"):
-        model = reparameterize(model, inplace=True)
-    return model
-
-
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its card and load its safetensors weights (strict).
-
-    Returns:
-        (model in eval mode, card).
-
-    Raises:
-        CheckpointError: missing files, or weights that do not fit the model the card describes.
-    """
-    stem = _stem(path)
-    card = read_card(stem)
-    model = build_from_card(card)
-    state = load_tensors(stem.with_suffix(".safetensors"))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{stem}.safetensors does not match the model in its card: {e}") from None
-    return model.eval(), card
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

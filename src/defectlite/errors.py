@@ -19,6 +19,10 @@ class CheckpointError(DefectliteError):
     """A run folder, checkpoint or model file that is missing, incomplete or inconsistent."""
 
 
+class TrainingError(DefectliteError):
+    """Training cannot go on as configured (a diverged loss or non-finite weights)."""
+
+
 class UnknownModelError(DefectliteError, KeyError):
     """No model is registered under the requested name."""
 

@@ -59,3 +59,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_writable(path: str | Path, *, folder: bool = False, what: str = "output") -> Path:
+    """Fail now, before any work, if ``path`` could not be written later.
+
+    A file path must not be a folder and its nearest existing parent must be a writable folder (not a file); a
+    folder path must be a folder or creatable the same way.
+
+    Raises:
+        ConfigError: naming ``what`` (e.g. ``--csv``), the path and what is wrong.
+    """
+    from defectlite.errors import ConfigError
+
+    p = Path(path).expanduser()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ConfigError(f"{what} {p}: exists and is not a folder")
+        if not folder and p.is_dir():
+            raise ConfigError(f"{what} {p}: is a folder; give a file name")
+        target = p if folder else p.parent
+    else:
+        target = p.parent
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir():
+        raise ConfigError(f"{what} {p}: {target} is a file, not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {p}: no permission to write in {target}")
+    return p

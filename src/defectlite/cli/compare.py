@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "compare",
+        parents,
         help="train several models under one recipe and compare accuracy, cost and latency",
         description=(
             "Train every model for every seed under the same recipe (a recipe with a teacher distils each model from "
@@ -17,15 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
             "into --out. Interrupted comparisons resume: finished runs are reused. Builder options go in "
             "brackets: dsc_cnn_140k[blurpool=true,se=true]."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--models", required=True, help="comma-separated registry names (or timm:<name>)")
     p.add_argument("--data", help="data folder (default: the recipe's)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     p.add_argument("--recipe", default="neu-compare-fast", help="shared recipe (`defectlite recipes`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override for every run",
+    )
     p.add_argument("--drop-leaks", action="store_true", help="drop val/test images identical to training images")
-    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="comparison folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="comparison folder (default: runs/compare-<recipe>-<models>[-<hash of --data/--set>]: another recipe, "
+        "model list or override set never reuses a folder; the same command resumes)",
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency column")
     p.set_defaults(func=run)
 
@@ -44,9 +59,22 @@ def split_models(text: str) -> list[str]:
     return [m for m in [*out, cur.strip()] if m]
 
 
+def default_out(recipe: str, models: list[str], sets: list[str]) -> Path:
+    """``runs/compare-<recipe>-<model+model...>``, plus a short hash of the overrides when there are any (long
+    model lists are hashed too), so that two different comparisons never share a folder."""
+    import hashlib
+    import re
+
+    names = "+".join(re.sub(r"[^A-Za-z0-9_.=-]+", "_", m) for m in models)
+    if len(names) > 80:
+        names = names[:60] + "-" + hashlib.sha1(names.encode()).hexdigest()[:8]
+    tag = f"-{hashlib.sha1(chr(10).join(sets).encode()).hexdigest()[:8]}" if sets else ""
+    return Path("runs") / f"compare-{Path(recipe).stem}-{names}{tag}"
+
+
 def run(args: argparse.Namespace) -> int:
     from defectlite.train.config import load_recipe
-    from defectlite.workflows.compare import compare
+    from defectlite.workflows.comparison import compare
 
     sets = list(args.overrides)
     if args.data:
@@ -54,15 +82,17 @@ def run(args: argparse.Namespace) -> int:
     if args.drop_leaks:
         sets.append("data.drop_leaks=true")
     cfg = load_recipe(args.recipe)
+    models = split_models(args.models)
+    out = args.out or default_out(args.recipe, models, sets)
     res = compare(
         cfg,
-        split_models(args.models),
+        models,
         list(range(args.seeds)),
-        args.out,
+        out,
         overrides=sets,
         threads=args.threads,
         progress=not args.quiet,
     )
-    print((args.out / "comparison.md").read_text())
-    print(f"plot: {args.out / 'pareto.png'}")
+    print((out / "comparison.md").read_text())
+    print(f"plot: {out / 'pareto.png'}")
     return 0 if res["rows"] else 1

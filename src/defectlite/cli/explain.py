@@ -6,14 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "explain",
+        parents,
         help="Grad-CAM overlays and feature-map grids of a run's model",
         description=(
-            "For every image write IMAGE_gradcam.png (Grad-CAM of the predicted class, or of --class, over the "
-            "image) and IMAGE_features.png (a few channels of each block's output, Xie & Shen 2022 Section 3.4). "
+            "For every image write IMAGE_gradcam.png (the image beside its Grad-CAM overlay for the predicted class, "
+            "or --class) and IMAGE_features.png (a few channels of each block's output, Xie & Shen 2022 Section 3.4). "
             "Uses the run's deployed PyTorch model (model.json + model.safetensors). With --per-class, also one "
             "overlay per class from the run's test split, as the run report shows them."
         ),
@@ -30,12 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from defectlite.cli.predict import expand
     from defectlite.errors import DataError
-    from defectlite.evaluate.explain import (
+    from defectlite.evaluate.gradcam import (
         Explainer,
         explain_per_class,
         feature_grid_png,
-        overlay,
         png_bytes,
+        side_by_side,
         write_png,
     )
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(f"{f}\tERROR\t{str(e).removeprefix(f'{f}: ')}", file=sys.stderr)
             continue
-        cam = write_png(out / f"{stem}_gradcam.png", png_bytes(overlay(expl)))
+        cam = write_png(out / f"{stem}_gradcam.png", png_bytes(side_by_side(expl)))
         grid = write_png(out / f"{stem}_features.png", feature_grid_png(x8, maps))
         print(f"{f}\tpredicted {expl.predicted}\tGrad-CAM of {expl.label} (p={expl.probability:.4f})\t{cam}\t{grid}")
     if args.per_class:

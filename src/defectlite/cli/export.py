@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "export",
+        parents,
         help="export a run's model to ONNX (re-parameterised, with metadata)",
         description=(
             "Re-parameterise the run's best student, write it as ONNX (dynamic batch; class names, input size, "

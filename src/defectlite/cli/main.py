@@ -6,25 +6,41 @@ import argparse
 import logging
 import sys
 
+from defectlite.cli.options import HelpFormatter, verbosity_options
 from defectlite.errors import DefectliteError, missing_train_extra
 
-COMMANDS = ("train", "export", "predict", "models", "recipes", "compare", "prune", "quantize", "serve", "explain")
+COMMANDS = (
+    "train",
+    "val",
+    "export",
+    "predict",
+    "models",
+    "recipes",
+    "compare",
+    "prune",
+    "quantize",
+    "serve",
+    "explain",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every sub-command registered."""
+    """The argument parser with every sub-command registered (each module of cli/ registers one)."""
     import importlib
 
+    common = verbosity_options()
     parser = argparse.ArgumentParser(
         prog="defectlite",
-        description="Train, compress, explain and deploy lightweight surface-defect classifiers on a CPU.",
+        description="Train, compress, explain and deploy lightweight surface-defect models (classifiers and "
+        "detectors) that run on a CPU.",
         epilog="Run `defectlite COMMAND --help` for the options of a command.",
+        parents=[common],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"defectlite.cli.{name}").register(sub)
+        importlib.import_module(f"defectlite.cli.{name}").register(sub, [common])
     return parser
 
 
@@ -40,8 +56,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``defectlite`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.quiet, args.verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
-    logging.getLogger("defectlite").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.getLogger("defectlite").setLevel(level)
     try:
         return int(args.func(args) or 0)
     except DefectliteError as e:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "models",
+        parents,
         help="list registered models with params and MACs",
         description="List registry names with parameters (training and deployed form), MACs and FLOPs (= 2 x MACs; "
         "convolutions and linear layers) at an input size. Any timm model can also be trained as timm:<name>.",

@@ -1,27 +1,38 @@
-"""``defectlite predict``: classify image files and folders with an exported model."""
+"""``defectlite predict``: run an exported model (classifier or detector) on image files and folders."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "predict",
-        help="classify images with an exported model",
+        parents,
+        help="classify images or detect defects in them with an exported model",
         description=(
-            "Print path, class and probability (tab-separated) for every image; folders are searched "
-            "recursively. An unreadable file gets an ERROR line and the run goes on; the exit status is 1 "
-            "if any image failed."
+            "Print one tab-separated line per answer: path, class, probability for a classifier; path, class, score, "
+            "x1 y1 x2 y2 (pixels of the original image) per box for a detector. Folders are searched recursively. "
+            "An unreadable file gets an ERROR line and the run goes on; the exit status is 1 if any image failed."
         ),
     )
-    p.add_argument("model", type=Path, metavar="MODEL", help="model.onnx from `defectlite export`, or its run folder")
+    p.add_argument(
+        "model", type=Path, metavar="MODEL", help="model.onnx from `defectlite train` / `export`, or its run"
+    )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--csv", type=Path, help="also write the results to this CSV file (path, class, probability, error)")
+    p.add_argument("--csv", type=Path, help="also write the results to this CSV file (one row per answer)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file (one object per image)")
+    p.add_argument("--save-images", type=Path, metavar="DIR", help="write each image with its answer drawn on it")
+    p.add_argument("--conf", type=float, help="detector: lowest box score shown (default: the model's)")
+    p.add_argument("--iou", type=float, help="detector: IoU above which NMS drops a box (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.set_defaults(func=run)
@@ -39,33 +50,56 @@ def expand(paths: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from defectlite.deploy.predictor import Predictor
-    from defectlite.errors import DataError
-    from defectlite.utils import atomic_write_text
+    from defectlite.errors import ConfigError, DataError
+    from defectlite.utils import atomic_write_text, check_writable
 
-    predictor = Predictor(args.model, threads=args.threads)
+    for flag, path, folder in (("--csv", args.csv, False), ("--json", args.json, False),
+                               ("--save-images", args.save_images, True)):  # fmt: skip
+        if path is not None:
+            check_writable(path, folder=folder, what=flag)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    options = {k: v for k, v in (("conf", args.conf), ("iou", args.iou)) if v is not None}
+    predictor = Predictor(args.model, threads=args.threads, **options)
     files = expand(args.paths)
     if not files:
         print("error: no images found in " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 1
-    rows, failed = [], 0
-    step = max(args.batch_size, 1)
-    for i in range(0, len(files), step):
-        chunk = files[i : i + step]
+    if args.save_images is not None:
+        args.save_images.mkdir(parents=True, exist_ok=True)
+    rows, objects, failed, names = [], [], 0, set()
+    for i in range(0, len(files), args.batch_size):
+        chunk = files[i : i + args.batch_size]
         for f, res in zip(chunk, predictor.predict_each(chunk, [str(f) for f in chunk])):
             if isinstance(res, DataError):
                 failed += 1
                 why = str(res).removeprefix(f"{f}: ")
                 print(f"{f}\tERROR\t{why}", file=sys.stderr)
-                rows.append([str(f), "", "", why])
-            else:
-                print(f"{f}\t{res.label}\t{res.probability:.4f}")
-                rows.append([str(f), res.label, f"{res.probability:.6f}", ""])
+                rows.append({"path": str(f), "error": why})
+                objects.append({"path": str(f), "error": why})
+                continue
+            answer_rows = predictor.as_rows(res)
+            for r in answer_rows:
+                print("\t".join([str(f), *r.values()]))
+            if not answer_rows:
+                print(f"{f}\t-")
+            rows += [{"path": str(f), **r, "error": ""} for r in answer_rows] or [{"path": str(f), "error": ""}]
+            objects.append({"path": str(f), **predictor.as_dict(res)})
+            if args.save_images is not None:
+                stem = f.stem
+                while stem in names:  # the same name in two folders
+                    stem += "_"
+                names.add(stem)
+                predictor.runtime.draw(f, res, predictor.meta).save(args.save_images / f"{stem}_pred.png")
     if args.csv:
+        columns = ["path", *dict.fromkeys(k for r in rows for k in r if k not in ("path", "error")), "error"]
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "class", "probability", "error"])
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
+        writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(args.csv, buf.getvalue())
+    if args.json:
+        atomic_write_text(args.json, json.dumps(objects, indent=2) + "\n")
     if failed:
         print(f"{failed} of {len(files)} image(s) could not be read", file=sys.stderr)
     return 1 if failed else 0

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "prune",
+        parents,
         help="prune a trained run (BN-gamma channels and residual blocks), fine-tune, quantise",
         description=(
             "Remove the share RATIO of channels with the smallest batch-norm |gamma| (one global threshold; "
@@ -17,12 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "quantise to INT8, and write RUN/prune-r<ratio>-l<layers>/prune_report.md. Train the run with "
             "--set student.sparsity=1e-4 (L1 on gammas) first for best results."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `defectlite train`")
     p.add_argument("--ratio", type=float, default=0.9, help="share of channels to remove (paper: 0.9)")
     p.add_argument("--layers", type=int, default=0, help="residual blocks to remove after channel pruning")
-    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--finetune-epochs", type=int, default=10, help="epochs of each fine-tuning (with and without KD)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument(
         "--distill",
@@ -35,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from defectlite.workflows.prune import prune_run
+    from defectlite.workflows.pruning import prune_run
 
     report = prune_run(
         args.run,
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     for name, r in report["rows"].items():
         print(
             f"{name:<18} params {r['params']:>10,}  ORT b1 {r['ort_b1_ms']:7.3f} ms "
-            f"({base['ort_b1_ms'] / r['ort_b1_ms']:.2f}x)  test acc {100 * r['test_accuracy']:.2f} %"
+            f"({base['ort_b1_ms'] / r['ort_b1_ms']:.2f}x)  test {r['score_name']} {100 * r['test_score']:.2f} %"
         )
     print(f"report: {Path(args.run) / f'prune-r{args.ratio:g}-l{args.layers}' / 'prune_report.md'}")
     return 0

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "recipes",
+        parents,
         help="list shipped recipes, or print one as YAML",
         description="Without NAME: list recipes with their descriptions. With NAME: print its YAML.",
     )

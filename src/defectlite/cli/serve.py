@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from defectlite.cli.options import add_command
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "serve",
+        parents,
         help="serve a model over HTTP (API, OpenAPI docs and an inspection page)",
         description=(
             "Serve MODEL.onnx with FastAPI + uvicorn: POST /v1/predict and /v1/explain (multipart field 'files'), "

@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from defectlite.cli.options import add_command
+
 DEFAULT_RECIPE = "neu-kd-eg-repvgg-fast"
+# options that define a run: given beside --resume they would change it, so they are refused
+RUN_OPTIONS = ("data", "format", "recipe", "model", "seed", "channels", "epochs", "overrides", "teacher", "ensemble",
+               "teacher_ensemble", "skip_bad", "drop_leaks")  # fmt: skip
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = add_command(
+        sub,
         "train",
-        help="train a defect classifier from a folder of images (the main job)",
+        parents,
+        help="train a defect model from a folder of images (the main job)",
         description=(
             "Train a recipe end to end: split the data (stratified, seeded; splits.csv), train the teacher, "
             "distil the student, re-parameterise it, evaluate on the test split once, export model.onnx and "
             "write report.md. With no arguments: the default recipe on NEU-CLS from the data root "
-            "($DEFECTLITE_DATA, else ../shared/datasets beside the checkout)."
+            "($DEFECTLITE_DATA, else ../shared/datasets beside the checkout). An interrupted run continues with "
+            "--resume RUN exactly as it was started."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--data",
-        help="data folder (class sub-folders, train/val/test tree, or NEU layout); "
+        help="data folder (class sub-folders, train/val/test tree, NEU or TIG layout; detection: VOC, YOLO or COCO); "
         "default: the recipe's data set under the data root",
     )
-    p.add_argument("--format", choices=["auto", "folder", "neu", "tig"], help="data layout (default: auto-detect)")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="shipped recipe name or a YAML file (`defectlite recipes`)")
+    p.add_argument(
+        "--format", help="data layout, e.g. folder, neu, tig (detection: voc, yolo, coco); default: detect it"
+    )
+    p.add_argument(
+        "--recipe", help=f"shipped recipe name or a YAML file (`defectlite recipes`); default {DEFAULT_RECIPE}"
+    )
     p.add_argument(
         "--model",
         help="the network to train and deploy (`defectlite models`; timm:<name> for any timm model): sets "
@@ -36,15 +48,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="split and training seed (default: the recipe's, 0)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="decode images as grey (1) or RGB (3)")
     p.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="train the student N epochs and every other stage in the recipe's proportion to it (warm-up, "
+        "milestones and SWA epochs scaled alike); e.g. the default recipe's teacher 60 / student 80 becomes 6 / 8 "
+        "with --epochs 8",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
-        default=[],
         metavar="KEY=VALUE",
-        help="override a recipe field, e.g. --set student.optim.epochs=30 (repeatable)",
+        help="override a recipe field, e.g. --set student.optim.lr=0.05 (repeatable; checked at once)",
     )
     p.add_argument(
-        "--teacher", type=Path, metavar="RUN", help="use the teacher of an earlier run instead of training one"
+        "--teacher", type=Path, metavar="RUN", help="distil from the deployed model of an earlier run (or a checkpoint)"
     )
     p.add_argument(
         "--ensemble",
@@ -59,62 +78,119 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="distil from the members (member*/) of an earlier run instead of training them",
     )
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
+    p.add_argument(
+        "--skip-bad", action="store_true", default=None, help="leave unreadable images out (listed) instead of failing"
+    )
     p.add_argument(
         "--drop-leaks",
         action="store_true",
+        default=None,
         help="drop val/test images byte-identical to a training image from the evaluated split",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, metavar="RUN", help="run folder (default: runs/<recipe>-s<seed>-<time>)")
-    where.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run in this folder")
+    where.add_argument(
+        "--resume", type=Path, metavar="RUN", help="continue an interrupted run exactly as it was started"
+    )
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from defectlite.pipeline import load_run_config, train_run
-    from defectlite.train.config import apply_overrides, load_recipe, model_overrides
+def build_config(args: argparse.Namespace):
+    """The run's recipe from the command line: recipe, then ``--model``, ``--epochs``, ``--set`` and the other
+    options, checked at once (no data is read).
 
+    Raises:
+        ConfigError: unknown recipe, key or a bad value (the message names it).
+    """
+    from defectlite.train.config import apply_overrides, load_recipe, model_overrides, scale_epochs
+
+    cfg = load_recipe(args.recipe or DEFAULT_RECIPE)
+    sets = model_overrides(cfg, args.model) if args.model else []
+    if args.epochs is not None:
+        sets += scale_epochs(cfg, args.epochs)
+    sets += args.overrides or []
+    for key, value in (
+        ("data.path", args.data),
+        ("data.format", args.format),
+        ("seed", args.seed),
+        ("data.channels", args.channels),
+        ("ensemble.members", args.ensemble),
+    ):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    if args.skip_bad:
+        sets.append("data.skip_bad=true")
+    if args.drop_leaks:
+        sets.append("data.drop_leaks=true")
+    if args.data and args.format is None:
+        sets.append("data.format=auto")
+    return apply_overrides(cfg, sets)
+
+
+def _refuse_with_resume(args: argparse.Namespace) -> None:
+    from defectlite.errors import ConfigError
+
+    given = [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS if getattr(args, name) not in (None, [], False)]
+    if given:
+        raise ConfigError(
+            f"--resume continues {args.resume} exactly as it was started (its config.yaml and run.json); "
+            f"{', '.join(given).replace('--overrides', '--set')} would change it. Start a new run with --out instead."
+        )
+
+
+def _teacher_source(args: argparse.Namespace):
+    from defectlite.errors import ConfigError
+    from defectlite.runs import TeacherSource, open_run
+
+    if args.teacher and args.teacher_ensemble:
+        raise ConfigError("give --teacher or --teacher-ensemble, not both")
+    if args.teacher:
+        from defectlite.pipeline import resolve_teacher
+
+        return TeacherSource("checkpoint", str(resolve_teacher(args.teacher).resolve()))
+    if args.teacher_ensemble:
+        if not open_run(args.teacher_ensemble).members():
+            raise ConfigError(f"--teacher-ensemble {args.teacher_ensemble}: the run has no trained members (member*/)")
+        return TeacherSource("ensemble", str(Path(args.teacher_ensemble).resolve()))
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
     if args.resume:
-        cfg = load_run_config(args.resume)
+        _refuse_with_resume(args)
+        from defectlite.pipeline import resume_run
+        from defectlite.runs import open_run
+
         run_dir = args.resume
+        run_obj = open_run(run_dir)
+        args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
+        print(f"resuming {run_dir}")
+        report = resume_run(run_obj, progress=not args.quiet)
     else:
-        cfg = load_recipe(args.recipe)
-        sets = model_overrides(cfg, args.model) if args.model else []
-        sets += args.overrides
-        for key, value in (
-            ("data.path", args.data),
-            ("data.format", args.format),
-            ("seed", args.seed),
-            ("data.channels", args.channels),
-            ("ensemble.members", args.ensemble),
-        ):
-            if value is not None:
-                sets.append(f"{key}={value}")
-        if args.skip_bad:
-            sets.append("data.skip_bad=true")
-        if args.drop_leaks:
-            sets.append("data.drop_leaks=true")
-        if args.data and args.format is None:
-            sets.append("data.format=auto")
-        cfg = apply_overrides(cfg, sets)
+        cfg = build_config(args)  # a bad value fails here, before PyTorch is even imported
+        from defectlite.pipeline import train_run
+
+        teacher = _teacher_source(args)
         run_dir = args.out or Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
-    print(f"run folder: {run_dir}")
-    report = train_run(
-        cfg, run_dir, teacher_path=args.teacher, teacher_ensemble=args.teacher_ensemble, progress=not args.quiet
-    )
+        args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
+        print(f"run folder: {run_dir}")
+        report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=["defectlite", *sys.argv[1:]])
+    print_summary(report, Path(run_dir))
+    return 0
+
+
+def print_summary(report: dict, run_dir: Path) -> None:
+    """The lines printed after a run: skipped files, the test headline, size, latency, time, where things are."""
+    from defectlite.tasks import get_task
+
     skipped = report["data"].get("skipped") or []
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s) (--skip-bad):")
         for path, why in skipped:
             print(f"  {path}: {why}")
-    t = report["test"]
     b1 = next(x for x in report["profile"]["timings"] if x["runtime"].startswith("onnxruntime") and x["batch"] == 1)
     print(
-        f"test accuracy {100 * t['accuracy']:.2f} %, MCC {100 * t['mcc']:.2f} % on {t['n']} images | "
-        f"{report['profile']['params_deployed']:,} params | ONNX Runtime {b1['median_ms']:.3f} ms/image "
-        f"({b1['threads']} thread) | {report['wall_minutes']:.1f} min"
+        f"test {get_task(report['task']).headline(report['test'])} | {report['profile']['params_deployed']:,} params | "
+        f"ONNX Runtime {b1['median_ms']:.3f} ms/image ({b1['threads']} thread) | {report['wall_minutes']:.1f} min"
     )
-    print(f"report: {Path(run_dir) / 'report.md'}\nmodel:  {Path(run_dir) / 'model.onnx'}")
-    return 0
+    print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.onnx'}")

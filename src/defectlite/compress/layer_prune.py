@@ -5,7 +5,8 @@ block is scored by the mean scale factor of the BN layer before its shortcut add
 are cut, leaving the identity path. A block qualifies when it sits in an ``nn.Sequential`` stage,
 keeps the shape of its input, and declares a skip connection by one of the conventions of timm
 and defectlite: ``downsample is None`` (ResNet blocks), ``has_skip`` (MobileNet / EfficientNet
-blocks) or ``has_residual`` (defectlite blocks). No per-model code.
+blocks) or ``has_residual`` (defectlite's fire modules with a shortcut, WeldNet blocks with an identity
+shortcut, the detectors' CSP bottlenecks). No per-model code.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def residual_blocks(model: nn.Module, input_shape: Sequence[int]) -> dict[str, f
     return {n: float(bn_layers(m)[-1][1].weight.detach().abs().mean()) for n, m in candidates.items() if shapes.get(n)}
 
 
+def no_blocks_message(asked: int, have: int) -> str:
+    """Why ``--layers asked`` cannot be done on a model with ``have`` removable blocks, and what can."""
+    return (
+        f"asked to remove {asked} residual blocks, the model has {have} removable ones (blocks with an identity "
+        "shortcut: timm ResNets and MobileNet/EfficientNet blocks, pdmsnet fires with shortcuts, weldnet, the YOLO "
+        "detectors; EG-RepVGG's S-blocks fold their identity branch into one conv and cannot be dropped)"
+    )
+
+
 def drop_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Replace the named blocks by ``nn.Identity`` in place (replay of a layer-pruning step)."""
     for name in names:
@@ -71,7 +81,7 @@ def prune_layers(model: nn.Module, input_shape: Sequence[int], n: int) -> list[s
     """
     scores = residual_blocks(model, input_shape)
     if n > len(scores):
-        raise ConfigError(f"asked to remove {n} residual blocks, the model has {len(scores)} removable ones")
+        raise ConfigError(no_blocks_message(n, len(scores)))
     names = sorted(scores, key=scores.get)[:n]
     drop_blocks(model, names)
     return names

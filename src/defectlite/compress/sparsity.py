@@ -2,7 +2,7 @@
 
 Source: YOLOv4 pruning paper (yolov4-pruning-distillation-detection.md, §2.2.3, Eq. 11), after
 Liu et al. 2017 "Network Slimming": L = L_task + lambda * sum_{BN} |gamma|. Channels whose gamma is
-driven towards zero can then be removed (:mod:`defectlite.compress.prune`).
+driven towards zero can then be removed (:mod:`defectlite.compress.channel_prune`).
 """
 
 from __future__ import annotations

@@ -130,12 +130,13 @@ def _subdirs_with_images(folder: Path) -> bool:
     return any(_images_in(d) for d in _subdirs(folder) if d.name != "annotations")
 
 
-def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
+def read_dataset(root: str | Path, format: str = "auto", *, min_classes: int = 2) -> DatasetIndex:
     """List the labelled images under ``root``.
 
     Args:
         root: the data folder.
         format: ``auto`` (default), ``folder``, ``neu`` or ``tig``.
+        min_classes: fewest classes accepted (training needs two; scoring a folder of one class is fine).
 
     Returns:
         A :class:`DatasetIndex` with classes sorted by name and samples sorted by path.
@@ -153,7 +154,7 @@ def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
     readers = {"neu": _read_neu, "folder": _read_folder, "tig": _read_tig}
     index = readers[fmt](root)
     present = sorted({index.classes[s.label] for s in index.samples})
-    if len(present) < 2:
+    if len(present) < min_classes:
         raise DataError(
             f"{root}: found a single class ({', '.join(present) or 'none'}); a classifier needs at least two"
         )
@@ -239,3 +240,45 @@ def _read_folder(root: Path) -> DatasetIndex:
     if not samples:
         raise DataError(f"{root}: no images found")
     return DatasetIndex(root, "folder", classes, sorted(samples, key=lambda s: str(s.path)))
+
+
+def read_labelled_files(
+    root: str | Path, format: str = "auto", *, split: str | None = None
+) -> tuple[list[Path], list[str]]:
+    """The images of a labelled set and their class names, for scoring a model (``defectlite val``).
+
+    Args:
+        root: a data folder in any layout :func:`read_dataset` knows, or a CSV file with columns ``path`` and
+            ``class`` (paths relative to the CSV's folder, or absolute).
+        format: the folder's layout (``auto`` detects it); ignored for a CSV file.
+        split: only the images of this split of a pre-split folder (``train``, ``val`` or ``test``).
+
+    Raises:
+        DataError: missing folder or file, malformed CSV, no images, or ``split`` asked of a folder that has none.
+    """
+    root = Path(root).expanduser()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return _read_csv_list(root)
+    index = read_dataset(root, format, min_classes=1)
+    samples = index.samples
+    if split is not None:
+        if not index.presplit:
+            raise DataError(f"{root}: --split {split} asked, but the folder is not split into train/val/test")
+        samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise DataError(f"{root}: no images in split {split!r}")
+    return [s.path for s in samples], [index.classes[s.label] for s in samples]
+
+
+def _read_csv_list(path: Path) -> tuple[list[Path], list[str]]:
+    import csv
+
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read the image list ({e})") from None
+    if not rows or not {"path", "class"} <= set(rows[0]):
+        raise DataError(f"{path}: expected a CSV with columns path and class")
+    paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else path.parent / r["path"] for r in rows]
+    return paths, [r["class"] for r in rows]

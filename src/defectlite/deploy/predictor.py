@@ -1,47 +1,29 @@
 """Predictor: an exported ONNX model run by ONNX Runtime, with the training code's own preprocessing.
 
-Used by ``defectlite predict`` and the HTTP service; the Python API is::
+Used by ``defectlite predict``, ``defectlite val`` and the HTTP service; the Python API is::
 
     from defectlite import Predictor
     p = Predictor("runs/neu/model.onnx")      # or the run folder
-    p.predict("crazing_1.jpg")                # Prediction(label='crazing', probability=0.99, ...)
+    p.predict("crazing_1.jpg")                # classifier: Prediction(label='crazing', probability=0.99, ...)
+                                              # detector: Detections(boxes, scores, labels, names)
+
+What an answer is depends on the model's task (its ONNX metadata); the task's runtime
+(:mod:`defectlite.deploy.runtime`) turns the raw outputs into it, so this class never branches on the task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from defectlite.data.transforms import ImageSource, normalize, to_uint8
-from defectlite.errors import CheckpointError, DataError
+from defectlite.data.transforms import ImageSource, decode, normalize, to_uint8
+from defectlite.deploy.labels import Prediction, softmax
+from defectlite.deploy.runtime import get_runtime
+from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.onnx_file import ort_session, read_metadata
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The class of one image.
-
-    Attributes:
-        label: predicted class name.
-        index: its index in ``Predictor.classes``.
-        probability: softmax probability of that class, in [0, 1].
-        probabilities: class name -> probability (sums to 1).
-    """
-
-    label: str
-    index: int
-    probability: float
-    probabilities: dict[str, float]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, K) logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -60,73 +42,122 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 class Predictor:
-    """Classify images with an exported defectlite ONNX model.
+    """Run an exported defectlite ONNX model on images.
 
     Args:
-        path: ``model.onnx`` written by ``defectlite export``, or its run folder.
+        path: ``model.onnx`` written by ``defectlite export`` / ``train``, or its run folder.
         threads: ONNX Runtime intra-op threads (default 1: lowest batch-1 latency on small models).
         spinning: let idle ONNX Runtime threads busy-wait (off in the HTTP service, where they would
             take the CPU from the event loop).
+        **options: the task's postprocessing options (detection: ``conf``, ``iou``); others are refused.
+
+    Attributes:
+        task: the model's task; ``classes``, ``input_size`` (H, W), ``channels``: from its metadata.
 
     Raises:
-        CheckpointError: missing model or missing defectlite metadata.
+        CheckpointError: missing model, missing or invalid defectlite metadata, or outputs that are not finite
+            on a probe input (a diverged model).
+        ConfigError: an option the task does not know.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, *, spinning: bool = True) -> None:
+    def __init__(self, path: str | Path, threads: int = 1, *, spinning: bool = True, **options: Any) -> None:
         self.path = resolve_model_path(path)
         self.meta = read_metadata(self.path)
+        self.task: str = self.meta["task"]
+        self.runtime = get_runtime(self.task)
+        unknown = set(options) - set(self.runtime.options)
+        if unknown:
+            allowed = ", ".join(self.runtime.options) or "none"
+            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to a {self.task} model (allowed: {allowed})")
+        self.options = {k: v for k, v in options.items() if v is not None}
         self.classes: list[str] = list(self.meta["classes"])
         self.input_size: tuple[int, int] = tuple(self.meta["input_size"])
         self.channels: int = int(self.meta["channels"])
         self.session = ort_session(self.path, threads, spinning=spinning)
         self._input = self.session.get_inputs()[0].name
+        try:
+            self.runtime.check(self.meta, self.session.get_outputs())
+        except CheckpointError as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
+        self._probe()
 
-    def preprocess(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> np.ndarray:
-        """Images -> float32 (N, C, H, W) model input (decode, grey/RGB, resize, normalise).
+    def _probe(self) -> None:
+        """Refuse a model whose outputs are not finite on a mid-grey image (e.g. trained to NaN)."""
+        x = normalize(np.full((1, self.channels, *self.input_size), 128, np.uint8), self.meta["mean"], self.meta["std"])
+        bad = [o.name for o, y in zip(self.session.get_outputs(), self.run(x)) if not np.isfinite(y).all()]
+        if bad:
+            raise CheckpointError(
+                f"{self.path}: the model's output {', '.join(bad)} is not finite on a probe image; it was probably "
+                "trained to NaN / inf (retrain it with a lower learning rate)"
+            )
+
+    def preprocess(
+        self, images: Sequence[ImageSource], names: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Images -> (float32 (N, C, H, W) model input, original (H, W) of each image).
 
         Raises:
             DataError: an image cannot be decoded (the message names it).
         """
         names = names or [None] * len(images)
-        arr = np.stack([to_uint8(im, self.input_size, self.channels, name=n) for im, n in zip(images, names)])
-        return normalize(arr, self.meta["mean"], self.meta["std"])
+        arrays, sizes = [], []
+        mode = "L" if self.channels == 1 else "RGB"
+        for im, n in zip(images, names):
+            img = decode(im, n, mode)
+            sizes.append((img.height, img.width))
+            arrays.append(to_uint8(img, self.input_size, self.channels, name=n))
+        return normalize(np.stack(arrays), self.meta["mean"], self.meta["std"]), sizes
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Raw model outputs for a preprocessed batch (N, C, H, W)."""
+        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Run the model on a preprocessed batch (N, C, H, W) -> logits (N, K)."""
-        return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        """The first raw output of a preprocessed batch (classifier: logits (N, K))."""
+        return self.run(x)[0]
 
-    def predict_batch(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
-        """Classify several images in one ONNX Runtime call."""
+    def answers(self, outputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[Any]:
+        """The task's results for raw outputs of a batch whose images had ``sizes`` (H, W)."""
+        return self.runtime.postprocess(outputs, self.meta, sizes, **self.options)
+
+    def predict_batch(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Any]:
+        """Results for several images, in one ONNX Runtime call."""
         if not images:
             return []
-        probs = softmax(self.logits(self.preprocess(images, names)))
-        return [self.prediction(p) for p in probs]
+        x, sizes = self.preprocess(images, names)
+        return self.answers(self.run(x), sizes)
 
-    def predict_each(
-        self, images: Sequence[ImageSource], names: Sequence[str] | None = None
-    ) -> list[Prediction | DataError]:
-        """Like :meth:`predict_batch`, but an undecodable image yields its :class:`DataError` in place
-        of a prediction instead of failing the whole batch."""
+    def predict_each(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Any]:
+        """Like :meth:`predict_batch`, but an undecodable image yields its :class:`DataError` in place of a
+        result instead of failing the whole batch."""
         names = list(names) if names is not None else [None] * len(images)
-        inputs, slots, out = [], [], []
+        inputs, sizes, slots, out = [], [], [], []
         for i, (im, n) in enumerate(zip(images, names)):
             try:
-                inputs.append(self.preprocess([im], [n])[0])
-                slots.append(i)
-                out.append(None)
+                x, size = self.preprocess([im], [n])
             except DataError as e:
                 out.append(e)
+                continue
+            inputs.append(x[0])
+            sizes += size
+            slots.append(i)
+            out.append(None)
         if inputs:
-            probs = softmax(self.logits(np.stack(inputs)))
-            for i, p in zip(slots, probs):
-                out[i] = self.prediction(p)
+            for i, res in zip(slots, self.answers(self.run(np.stack(inputs)), sizes)):
+                out[i] = res
         return out
 
-    def predict(self, image: ImageSource) -> Prediction:
-        """Classify one image (a path, encoded bytes, a PIL image or a uint8 array)."""
+    def predict(self, image: ImageSource) -> Any:
+        """The result for one image (a path, encoded bytes, a PIL image or a uint8 array)."""
         return self.predict_batch([image])[0]
 
-    def prediction(self, p: np.ndarray) -> Prediction:
-        """A :class:`Prediction` from one row of class probabilities (K,)."""
-        i = int(p.argmax())
-        return Prediction(self.classes[i], i, float(p[i]), {c: float(v) for c, v in zip(self.classes, p)})
+    def as_dict(self, result: Any) -> dict[str, Any]:
+        """JSON form of a result (the task's own)."""
+        return self.runtime.as_dict(result)
+
+    def as_rows(self, result: Any) -> list[dict[str, str]]:
+        """Table rows of a result (one per class / box)."""
+        return self.runtime.as_rows(result)
+
+
+__all__ = ["Prediction", "Predictor", "resolve_model_path", "softmax"]

@@ -11,7 +11,7 @@ JavaScript served by the app itself through ``fastapi-offline``: camera stations
     GET  /             the inspection page (static/index.html)
 
 Routes only translate HTTP: decoding, preprocessing and the model live in the Predictor (and, for
-Grad-CAM, in :mod:`defectlite.evaluate.explain`). Concurrent requests are micro-batched
+Grad-CAM, in :mod:`defectlite.evaluate.gradcam`). Concurrent requests are micro-batched
 (:class:`~defectlite.deploy.batching.MicroBatcher`) into one ONNX Runtime call run in a worker
 thread, so the event loop never blocks.
 
@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from defectlite.checkpoint import resolve_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
-from defectlite.deploy.predictor import Predictor, softmax
+from defectlite.deploy.predictor import Predictor
 from defectlite.deploy.uploads import (
     FIELD,
     MULTIPART_SCHEMA,
@@ -87,7 +87,7 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
     try:
         import torch
 
-        from defectlite.evaluate.explain import Explainer
+        from defectlite.evaluate.gradcam import Explainer
     except ModuleNotFoundError as e:
         why = missing_train_extra(e)
         if why is None:
@@ -154,8 +154,8 @@ def create_app(
     threads = threads or default_threads()
     predictor = Predictor(model_path, threads=threads, spinning=False)
     explainer, no_explain = _load_explainer(predictor.path, predictor) if explain else (None, "explain is switched off")
-    batcher = MicroBatcher(
-        lambda x: softmax(predictor.logits(x)), max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
+    batcher = MicroBatcher(  # the raw model output; the task's runtime turns each image's rows into its answer
+        lambda x: predictor.run(x)[0], max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
     )
     static = _load_static()
     meta = predictor.meta
@@ -200,19 +200,21 @@ def create_app(
         )
         return parts, image_parts(parts, max_files)
 
-    def preprocess(files: list[Part]) -> np.ndarray:
-        """Pixel check and the Predictor's preprocessing of every image -> float32 (N, C, H, W)."""
-        out, errors = [], []
+    def preprocess(files: list[Part]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Pixel check and the Predictor's preprocessing of every image -> (float32 (N, C, H, W), original sizes)."""
+        out, sizes, errors = [], [], []
         for i, f in enumerate(files):
             name = f.filename or f"#{i}"
             try:
                 check_pixels(f.data, name, max_pixels)
-                out.append(predictor.preprocess([f.data], [name]))
+                x, size = predictor.preprocess([f.data], [name])
+                out.append(x)
+                sizes += size
             except (ApiError, DataError) as e:
                 errors.append((i, e))
         if errors:
             raise file_error(files, errors)
-        return np.concatenate(out)
+        return np.concatenate(out), sizes
 
     @app.post("/v1/predict", openapi_extra=MULTIPART_SCHEMA, summary="Classify one or more images")
     async def predict(request: Request) -> JSONResponse:
@@ -221,26 +223,16 @@ def create_app(
         # small uploads (a camera frame: ~0.3 ms to decode) are decoded on the event loop; a thread hop
         # costs about as much and contends for the GIL; large ones go to a worker thread
         small = sum(len(f.data) for f in files) <= INLINE_DECODE_BYTES
-        x = preprocess(files) if small else await run_in_threadpool(preprocess, files)
+        x, sizes = preprocess(files) if small else await run_in_threadpool(preprocess, files)
         try:
-            probs, latency_ms, batch_size = await batcher.submit(x)
+            rows, latency_ms, batch_size = await batcher.submit(x)
         except QueueFull as e:
             raise ApiError(503, "busy", f"the model is busy, try again ({e})") from None
-        results = []
-        for f, row in zip(files, probs):
-            p = predictor.prediction(row)
-            results.append(
-                {
-                    "file": f.filename,
-                    "class": p.label,
-                    "index": p.index,
-                    "probability": p.probability,
-                    "probabilities": p.probabilities,
-                    "latency_ms": round(latency_ms, 3),
-                    "batch_size": batch_size,
-                }
-            )
-        return JSONResponse({"model": meta.get("model"), "results": results})
+        results = [
+            {"file": f.filename, **predictor.as_dict(a), "latency_ms": round(latency_ms, 3), "batch_size": batch_size}
+            for f, a in zip(files, predictor.answers([rows], sizes))
+        ]
+        return JSONResponse({"model": meta.get("model"), "task": predictor.task, "results": results})
 
     @app.post(
         "/v1/explain",
@@ -272,6 +264,7 @@ def create_app(
     async def model_info() -> dict[str, Any]:
         return {
             "model": meta.get("model"),
+            "task": predictor.task,
             "classes": predictor.classes,
             "input_size": list(predictor.input_size),
             "channels": predictor.channels,
@@ -321,7 +314,7 @@ def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Respons
 
 def _explain_png(explainer: Any, part: Part, target: str | None, max_pixels: int) -> tuple[bytes, Any]:
     """Grad-CAM PNG of one uploaded image (runs in a worker thread)."""
-    from defectlite.evaluate.explain import overlay, png_bytes
+    from defectlite.evaluate.gradcam import overlay, png_bytes
 
     name = part.filename or "#0"
     try:

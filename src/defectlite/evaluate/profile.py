@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,3 +171,27 @@ def machine() -> dict[str, object]:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
     }
+
+
+def onnx_cost(onnx_path: Path, model: nn.Module | None, shape, threads: int, batch: int) -> dict[str, Any]:
+    """Size, ONNX Runtime batch-1 latency (``threads``) and batch-``batch`` throughput (all cores); params and
+    MACs of ``model`` (deployed form) when given."""
+    import os
+
+    from defectlite.compress.reparam import reparameterize
+
+    b1 = ort_timing(onnx_path, shape, threads=threads, warmup=20, runs=200)
+    bn = ort_timing(onnx_path, (batch, *shape[1:]), threads=os.cpu_count() or 1, warmup=2, runs=5)
+    out = {
+        "onnx_mb": file_size_mb(onnx_path),
+        "ort_b1_ms": b1.median_ms,
+        "ort_b1_p95_ms": b1.p95_ms,
+        "ort_throughput": bn.images_per_s,
+        "threads_b1": threads,
+        "threads_throughput": bn.threads,
+    }
+    if model is not None:
+        deployed = reparameterize(model)
+        out["params"] = count_params(deployed)
+        out["macs"] = count_macs(deployed, shape)
+    return out

@@ -74,14 +74,106 @@ def _num(x: float | int | None, unit: str = "", digits: int = 3) -> str:
     return f"{x:.{digits}g}{unit}"
 
 
-def render_markdown(r: dict[str, Any]) -> str:
-    """The human-readable report of a run (``report.json`` holds the same and more)."""
-    test, prof, data = r["test"], r["profile"], r["data"]
+def write_confusion_pair(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str], stem: Path, title: str = ""
+) -> dict:
+    """Counts and row-normalised confusion matrices: ``<stem>.png/.csv`` and ``<stem>_norm.png/.csv``.
+
+    Returns:
+        ``{"counts": "<stem>.png", "normalized": "<stem>_norm.png"}`` (file names).
+    """
+    stem = Path(stem)
+    norm = stem.with_name(stem.name + "_norm")
+    write_confusion(confusion, classes, stem, f"{title} (counts)".strip())
+    write_confusion(confusion, classes, norm, f"{title} (share of each true class)".strip(), normalize=True)
+    return {"counts": stem.with_suffix(".png").name, "normalized": norm.with_suffix(".png").name}
+
+
+def write_curves(histories: dict[str, list[dict[str, float]]], png_path: Path) -> Path | None:
+    """Training curves of every stage from its ``metrics.csv`` rows: loss (train and val) on the left, the
+    other metrics (train and val accuracy, mAP, ...) on the right, one colour per stage.
+
+    Returns:
+        ``png_path``, or None when no stage has a finished epoch.
+    """
+    histories = {k: v for k, v in histories.items() if v}
+    if not histories:
+        return None
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    skip = {"epoch", "lr", "epoch_s"}
+    for i, (stage, rows) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = [r["epoch"] + 1 for r in rows]
+        for key in [k for k in rows[0] if k not in skip]:
+            ax = left if key.endswith("loss") else right
+            style = "-" if key.startswith("val_") else "--"
+            ax.plot(epochs, [r.get(key, float("nan")) for r in rows], style, color=colour, label=f"{stage} {key}")
+    left.set_title("loss")
+    right.set_title("metrics")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return png_path
+
+
+def classification_lines(test: dict[str, Any], test_all: dict[str, dict[str, Any]]) -> list[str]:
+    """The test section of a classification run's ``report.md``."""
+    lines = ["## Test split", "", "| model | accuracy | MCC | macro F1 |", "|---|---|---|---|"]
+    for name, m in test_all.items():
+        lines.append(f"| {name} | {_pct(m['accuracy'])} | {_pct(m['mcc'])} | {_pct(m['macro_f1'])} |")
+    lines += [
+        "",
+        "Per class (deployed model):",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for c, m in test["per_class"].items():
+        lines.append(f"| {c} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |")
+    return [*lines, ""]
+
+
+def _figures_lines(figures: dict[str, Any]) -> list[str]:
+    lines = []
+    if "confusion" in figures:
+        c = figures["confusion"]
+        lines += ["Confusion matrix of the deployed model on test (counts | share of each true class):", ""]
+        lines += [
+            "| counts | normalised |",
+            "|---|---|",
+            f"| ![counts]({c['counts']}) | ![normalised]({c['normalized']}) |",
+            "",
+        ]
+    if figures.get("curves"):
+        lines += ["## Training curves", "", f"![training curves]({figures['curves']})", ""]
+    if figures.get("gradcam"):
+        cams = figures["gradcam"]
+        lines += ["## Where the model looks", "", "Grad-CAM on one test image per class (image | overlay; a correctly "
+                  "classified image where there is one):", ""]  # fmt: skip
+        lines += [f"| {' | '.join(cams)} |", f"|{'---|' * len(cams)}"]
+        lines += ["| " + " | ".join(f"![{c}]({png})" for c, png in cams.items()) + " |", ""]
+    return lines
+
+
+def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
+    """The human-readable report of a run (``report.json`` holds the same and more).
+
+    Args:
+        r: the report dict the pipeline builds.
+        task_lines: the task's own sections (test metrics and tables), placed after the data summary.
+    """
+    prof, data = r["profile"], r["data"]
+    counts = data["counts"]
     lines = [
-        f"# defectlite run: {r['recipe']} (seed {r['seed']})",
+        f"# defectlite run: {r['recipe']} (task {r.get('task', 'classify')}, seed {r['seed']})",
         "",
         f"Data: `{data['root']}` ({data['format']} layout), {len(data['classes'])} classes; "
-        f"split train/val/test = {data['counts']['train']}/{data['counts']['val']}/{data['counts']['test']} "
+        f"split train/val/test = {counts['train']}/{counts['val']}/{counts['test']} "
         f"(model selection on val only; test read once, at the end).",
     ]
     if data.get("leaks"):
@@ -93,28 +185,17 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append("Leak check: no val/test image is byte-identical to a training image.")
     if data.get("skipped"):
         lines.append(f"Skipped unreadable images: {len(data['skipped'])} (listed in report.json).")
-    lines += ["", "## Test split", "", "| model | accuracy | MCC | macro F1 |", "|---|---|---|---|"]
-    for name, m in r["test_all"].items():
-        lines.append(f"| {name} | {_pct(m['accuracy'])} | {_pct(m['mcc'])} | {_pct(m['macro_f1'])} |")
-    lines += [
-        "",
-        "Per class (deployed student):",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    for c, m in test["per_class"].items():
-        lines.append(f"| {c} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |")
-    lines += ["", "Confusion matrix: `confusion_test.png`, `confusion_test.csv`.", ""]
+    lines += ["", *task_lines, *_figures_lines(r.get("figures", {}))]
     lines += [
         "## Training",
         "",
-        "| stage | model | epochs | best val acc (epoch) | minutes | autocast |",
+        "| stage | model | epochs | best val score (epoch) | minutes | autocast |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in r["stages"].items():
+        score = f"{s['score_name']} {_num(s['best_val_score'], digits=4)}" if s.get("score_name") else "—"
         lines.append(
-            f"| {name} | {s['model']} | {s['epochs']} | {_pct(s['best_val_acc'])} ({s['best_epoch'] + 1}) "
+            f"| {name} | {s['model']} | {s['epochs']} | {score} ({s['best_epoch'] + 1}) "
             f"| {s['train_minutes']:.1f} | {s.get('amp', '-')} |"
         )
     lines += ["", "## Cost", ""]
@@ -144,41 +225,20 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += [
             "## Export",
             "",
-            f"`model.onnx`: ONNX Runtime vs PyTorch max |logit difference| = {e['max_abs_diff']:.2e} "
+            f"`model.onnx`: ONNX Runtime vs PyTorch max |output difference| = {e['max_abs_diff']:.2e} "
             f"(tolerance {e['tolerance']:.0e}: {'pass' if e['max_abs_diff'] <= e['tolerance'] else 'FAIL'}); "
             f"fused vs training form {e['reparam_max_abs_diff']:.2e}.",
             "",
         ]
-    if r.get("gradcam"):
-        lines += [
-            "## Where the model looks",
-            "",
-            "Grad-CAM on one test image per class (a correctly classified one where there is one):",
-            "",
-        ]
-        lines += [f"| {' | '.join(r['gradcam'])} |", f"|{'---|' * len(r['gradcam'])}"]
-        lines += ["| " + " | ".join(f"![{c}]({png})" for c, png in r["gradcam"].items()) + " |", ""]
     if r.get("paper"):
         lines += _paper_table(r)
     return "\n".join(lines) + "\n"
 
 
 def _paper_table(r: dict[str, Any]) -> list[str]:
-    p, test, prof = r["paper"], r["test"], r["profile"]
-    b1 = next((t for t in prof["timings"] if t["batch"] == 1 and t["runtime"].startswith("onnxruntime")), None)
-    teacher = r["test_all"].get("teacher")
-    rows = [
-        ("test accuracy", _pct(p.get("accuracy")), _pct(test["accuracy"])),
-        ("test MCC", _pct(p.get("mcc")), _pct(test["mcc"])),
-        ("teacher test accuracy", _pct(p.get("teacher_accuracy")), _pct(teacher["accuracy"]) if teacher else "—"),
-        ("deployed params", _num(p.get("params")), f"{prof['params_deployed']:,}"),
-        ("compute per image", p.get("compute", "—"), f"{prof['macs'] / 1e6:.1f} M MACs"),
-        (
-            "latency per image",
-            p.get("latency", "—"),
-            f"{b1['median_ms']:.3f} ms (ORT, {b1['threads']} thread)" if b1 else "—",
-        ),
-    ]
+    """Paper vs this run, for the keys the recipe's ``paper`` gives and the task reports (``paper_values``)."""
+    p, ours = r["paper"], r.get("paper_values", {})
+    labels = {"source", "note"}
     out = [
         "## Paper vs this run",
         "",
@@ -187,14 +247,24 @@ def _paper_table(r: dict[str, Any]) -> list[str]:
         "| | paper | this run |",
         "|---|---|---|",
     ]
-    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    for key, value in p.items():
+        if key in labels:
+            continue
+        shown = (
+            _pct(value)
+            if isinstance(value, float) and value <= 1
+            else _num(value)
+            if isinstance(value, (int, float))
+            else value
+        )
+        out.append(f"| {key.replace('_', ' ')} | {shown} | {ours.get(key, '—')} |")
     return [*out, ""]
 
 
-def write_report(run_dir: Path, report: dict[str, Any]) -> None:
-    """Write ``report.json`` and ``report.md`` into ``run_dir`` (atomically)."""
+def write_report(run_dir: Path, report: dict[str, Any], task_lines: Sequence[str] = ()) -> None:
+    """Write ``report.json`` and ``report.md`` (with the task's sections) into ``run_dir`` (atomically)."""
     atomic_write_json(run_dir / "report.json", report)
-    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    atomic_write_text(run_dir / "report.md", render_markdown(report, task_lines))
 
 
 def write_gamma_plot(npz_path: Path, png_path: Path) -> Path:

@@ -48,6 +48,7 @@ class Fire(nn.Module):
         if shortcut and in_chans != 2 * expand:
             raise ValueError(f"a shortcut needs in_chans == 2 * expand, got {in_chans} and {expand}")
         self.shortcut = shortcut
+        self.has_residual = shortcut  # layer pruning (compress.layer_prune) may drop a fire with a shortcut
         self.squeeze = nn.Conv2d(in_chans, squeeze, 1)
         self.bn_s = nn.BatchNorm2d(squeeze) if bn else nn.Identity()
         self.expand1 = nn.Conv2d(squeeze, expand, 1)

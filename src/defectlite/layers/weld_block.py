@@ -52,9 +52,11 @@ class WeldBlock(nn.Module):
         self.pw2 = _conv_bn(hidden, out_chans, 1, act=False)
         if stride == 1 and in_chans == out_chans:
             self.shortcut: nn.Module = nn.Identity()
+            self.has_residual = True  # identity shortcut: layer pruning may drop the block
         else:
             pool = nn.AvgPool2d(3, stride, 1, count_include_pad=False) if stride > 1 else nn.Identity()
             self.shortcut = nn.Sequential(pool, _conv_bn(in_chans, out_chans, 1, act=False))
+            self.has_residual = False
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ class ModelInfo:
         input_size: (C, H, W) the model's paper uses (C is a default; ``in_chans`` overrides it).
         reparameterizable: the model has blocks with ``reparameterize()``.
         paper: short citation of the model's source.
+        task: what the model does: ``classify`` (logits (N, K)) or ``detect`` (raw head maps).
     """
 
     name: str
@@ -30,13 +31,18 @@ class ModelInfo:
     input_size: tuple[int, int, int]
     reparameterizable: bool = False
     paper: str = ""
+    task: str = "classify"
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    *, input_size: tuple[int, int, int] = (1, 200, 200), reparameterizable: bool = False, paper: str = ""
+    *,
+    input_size: tuple[int, int, int] = (1, 200, 200),
+    reparameterizable: bool = False,
+    paper: str = "",
+    task: str = "classify",
 ) -> Callable[[ModelFn], ModelFn]:
     """Decorator that registers a builder under its function name.
 
@@ -47,7 +53,7 @@ def register_model(
     def wrap(fn: ModelFn) -> ModelFn:
         if fn.__name__ in _MODELS:
             raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _MODELS[fn.__name__] = ModelInfo(fn.__name__, fn, tuple(input_size), reparameterizable, paper)
+        _MODELS[fn.__name__] = ModelInfo(fn.__name__, fn, tuple(input_size), reparameterizable, paper, task)
         return fn
 
     return wrap

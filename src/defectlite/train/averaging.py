@@ -9,12 +9,10 @@ statistics recomputed on the (un-augmented) training images.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from defectlite.checkpoint import load_tensors, save_tensors
 from defectlite.errors import ConfigError
 from defectlite.train.config import OptimCfg
 
@@ -68,18 +66,11 @@ class WeightAverage:
             return {f"swa.{k}": v for k, v in self.swa.state_dict().items()}
         return {}
 
-    def load(self, path: Path) -> None:
-        """Restore :meth:`state` from ``path`` (missing file: start fresh)."""
-        if not path.is_file():
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore :meth:`state` (an empty dict: start fresh, as after the first epoch of a resumed stage)."""
+        if not tensors:
             return
-        tensors = load_tensors(path)
         if self.ema is not None:
             self.ema.module.load_state_dict(tensors)
         elif self.swa is not None:
             self.swa.load_state_dict({k.removeprefix("swa."): v for k, v in tensors.items()})
-
-    def save(self, path: Path) -> None:
-        """Write :meth:`state` to ``path`` (nothing when averaging is off)."""
-        state = self.state()
-        if state:
-            save_tensors(path, state)

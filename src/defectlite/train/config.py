@@ -7,17 +7,48 @@ type matches. The resolved config is written to ``<run>/config.yaml``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from defectlite.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config field, checked at load: ``Annotated[float, Range(gt=0)]``."""
+
+    ge: float | None = None  # value >= ge
+    gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+    lt: float | None = None  # value < lt
+
+    def check(self, value: float, where: str) -> None:
+        """Raises ConfigError naming ``where`` when ``value`` is out of bounds."""
+        for bound, ok, text in (
+            (self.ge, lambda b: value >= b, ">="),
+            (self.gt, lambda b: value > b, ">"),
+            (self.le, lambda b: value <= b, "<="),
+            (self.lt, lambda b: value < b, "<"),
+        ):
+            if bound is not None and not ok(bound):
+                raise ConfigError(f"{where}: must be {text} {bound:g}, got {value!r}")
+
+
+Positive = Range(gt=0)
+NonNegative = Range(ge=0)
+AtLeastOne = Range(ge=1)
+Fraction = Range(ge=0, le=1)
 
 
 @dataclass
@@ -25,12 +56,12 @@ class DataCfg:
     """Where the images come from and how they are split and decoded."""
 
     path: str = "neu-surface-defect"  # data folder: absolute, relative to the cwd, or under the data root
-    format: str = "auto"  # auto | folder | neu | tig
-    input_size: list[int] = field(default_factory=lambda: [200, 200])  # (H, W) in pixels
-    channels: int = 1  # 1 = grey (NEU, casting), 3 = RGB
-    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test of unsplit folders
+    format: str = "auto"  # layout; the task's readers decide the allowed names (classify: auto | folder | neu | tig)
+    input_size: list[Annotated[int, AtLeastOne]] = field(default_factory=lambda: [200, 200])  # (H, W) in pixels
+    channels: Literal[1, 3] = 1  # 1 = grey (NEU, casting), 3 = RGB
+    split: list[Annotated[float, Fraction]] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test
     drop_leaks: bool = False  # drop val/test images byte-identical to a training image
-    train_fraction: float = 1.0  # keep this stratified share of the training split (reduced-data studies)
+    train_fraction: Annotated[float, Range(gt=0, le=1)] = 1.0  # keep this stratified share of the training split
     skip_bad: bool = False  # leave unreadable images out (listed in the report) instead of failing
 
 
@@ -40,36 +71,37 @@ class AugmentCfg:
 
     hflip: bool = True  # random horizontal flip, p = 0.5
     vflip: bool = True  # random vertical flip, p = 0.5
-    rotate_deg: float = 10.0  # random rotation in +-degrees (0 = off)
-    brightness: float = 0.2  # ColorJitter brightness (0 = off)
-    contrast: float = 0.2  # ColorJitter contrast (0 = off)
-    erasing: float = 0.0  # probability of random erasing / cutout of one rectangle (0 = off)
-    crop: float = 1.0  # < 1: random crop of this share of each side, resized back (WeldNet paper: 600/800)
+    rotate_deg: Annotated[float, Range(ge=0, le=180)] = 10.0  # random rotation in +-degrees (0 = off)
+    brightness: Annotated[float, NonNegative] = 0.2  # ColorJitter brightness (0 = off)
+    contrast: Annotated[float, NonNegative] = 0.2  # ColorJitter contrast (0 = off)
+    erasing: Annotated[float, Fraction] = 0.0  # probability of random erasing / cutout of one rectangle (0 = off)
+    crop: Annotated[float, Range(gt=0, le=1)] = 1.0  # < 1: random crop of this share of each side, resized back
 
 
 @dataclass
 class OptimCfg:
-    """SGD with warm-up then a cosine or multi-step schedule (Xie & Shen 2022, Section 3.3.1)."""
+    """SGD or AdamW with warm-up then a cosine or multi-step schedule (Xie & Shen 2022, Section 3.3.1)."""
 
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 0.1  # peak learning rate, reached after warm-up
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    epochs: Annotated[int, AtLeastOne] = 100
+    batch_size: Annotated[int, AtLeastOne] = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: momentum / nesterov below; adamw: betas (0.9, 0.999)
+    lr: Annotated[float, Positive] = 0.1  # peak learning rate, reached after warm-up
+    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, NonNegative] = 1e-4
     nesterov: bool = False
-    schedule: str = "cosine"  # cosine | multistep
-    warmup_epochs: float = 1.0  # linear warm-up from lr / 10
-    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1
-    min_lr: float = 0.0  # cosine floor
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (timm ModelEmaV3)
-    swa_epochs: int = 0  # > 0: stochastic weight averaging over the last N epochs at constant swa_lr
-    swa_lr: float = 0.01
-    mixup_alpha: float = 0.0  # > 0: mixup (Beta(alpha, alpha) mixing of image pairs), timm Mixup
-    cutmix_alpha: float = 0.0  # > 0: CutMix
-    mix_prob: float = 1.0  # share of batches mixed
-    amp: str = "auto"  # auto = bf16 autocast where the hardware has bf16 (AMX / AVX512-BF16 / CUDA), else float32
+    schedule: Literal["cosine", "multistep"] = "cosine"
+    warmup_epochs: Annotated[float, NonNegative] = 1.0  # linear warm-up from lr / 10
+    milestones: list[Annotated[int, NonNegative]] = field(default_factory=list)  # multistep: epochs where lr *= gamma
+    gamma: Annotated[float, Range(gt=0, le=1)] = 0.1
+    min_lr: Annotated[float, NonNegative] = 0.0  # cosine floor
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.0  # > 0: validate and keep an EMA of the weights (timm)
+    swa_epochs: Annotated[int, NonNegative] = 0  # > 0: stochastic weight averaging over the last N epochs
+    swa_lr: Annotated[float, Positive] = 0.01
+    mixup_alpha: Annotated[float, NonNegative] = 0.0  # > 0: mixup (Beta(alpha, alpha) mixing of image pairs), timm
+    cutmix_alpha: Annotated[float, NonNegative] = 0.0  # > 0: CutMix
+    mix_prob: Annotated[float, Fraction] = 1.0  # share of batches mixed
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast where the hardware has bf16, else float32
 
 
 @dataclass
@@ -80,50 +112,51 @@ class StageCfg:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     optim: OptimCfg = field(default_factory=OptimCfg)
     augment: AugmentCfg = field(default_factory=AugmentCfg)
-    sparsity: float = 0.0  # lambda of the L1 penalty on BN gammas (sparsity training, YOLOv4 paper Eq. 11)
+    sparsity: Annotated[float, NonNegative] = 0.0  # lambda of the L1 penalty on BN gammas (YOLOv4 paper Eq. 11)
 
 
 @dataclass
 class KDCfg:
     """Logit distillation, Xie & Shen 2022 Eq. 11-13: alpha * T^2 * KL + (1 - alpha) * CE."""
 
-    temperature: float = 7.0  # T
-    alpha: float = 0.3  # weight of the distillation term
+    temperature: Annotated[float, Positive] = 7.0  # T
+    alpha: Annotated[float, Fraction] = 0.3  # weight of the distillation term
 
 
 @dataclass
 class EnsembleCfg:
     """Ensemble training and ensemble-distillation (WeldNet paper, Algorithm 1 and Eq. 2)."""
 
-    members: int = 0  # N members trained with their own seed, data order and augmentation (0 = off)
+    members: Annotated[int, NonNegative] = 0  # N members with their own seed, data order and augmentation (0 = off)
     member: StageCfg | None = None  # how to train a member (default: the student's stage)
-    combine: str = "focal"  # teacher of the distillation: mean | focal
-    k: float = 2.0  # focal-ensemble exponent (paper: 2)
+    combine: Literal["mean", "focal"] = "focal"  # teacher of the distillation
+    k: Annotated[float, Positive] = 2.0  # focal-ensemble exponent (paper: 2)
     distill: bool = True  # train the student from the ensemble (else the deployed model is member 0)
-    targets: str = "soft"  # soft: KD at kd.temperature weighted by kd.alpha | hard: pseudo-labels
-    hard_alpha: float = 0.0  # hard targets: weight of the true labels (0 = pseudo-labels only)
+    targets: Literal["soft", "hard"] = "soft"  # soft: KD at kd.temperature weighted by kd.alpha | hard: pseudo-labels
+    hard_alpha: Annotated[float, Fraction] = 0.0  # hard targets: weight of the true labels (0 = pseudo-labels only)
 
 
 @dataclass
 class ProfileCfg:
     """How speed is measured for the report."""
 
-    threads: int = 1  # intra-op threads for latency (batch 1); throughput uses all cores
-    warmup: int = 20  # untimed runs before timing
-    runs: int = 200  # timed runs at batch 1 (median and p95 reported)
-    throughput_batch: int = 64
-    throughput_runs: int = 10
+    threads: Annotated[int, AtLeastOne] = 1  # intra-op threads for latency (batch 1); throughput uses all cores
+    warmup: Annotated[int, NonNegative] = 20  # untimed runs before timing
+    runs: Annotated[int, AtLeastOne] = 200  # timed runs at batch 1 (median and p95 reported)
+    throughput_batch: Annotated[int, AtLeastOne] = 64
+    throughput_runs: Annotated[int, AtLeastOne] = 10
 
 
 @dataclass
 class RecipeCfg:
-    """A whole run: data, optional teacher, student, distillation and profiling."""
+    """A whole run: the task, data, optional teacher, student, distillation and profiling."""
 
     name: str = "custom"
     description: str = ""
-    seed: int = 0  # split seed and training seed
-    device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda
-    threads: int = 0  # PyTorch intra-op threads for training (0 = all cores, or $OMP_NUM_THREADS)
+    task: str = "classify"  # what the run learns: a registered task (`defectlite.tasks`): classify | detect
+    seed: Annotated[int, NonNegative] = 0  # split seed and training seed
+    device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:<i>
+    threads: Annotated[int, NonNegative] = 0  # PyTorch intra-op threads for training (0 = all cores)
     data: DataCfg = field(default_factory=DataCfg)
     teacher: StageCfg | None = None  # None = no distillation
     student: StageCfg = field(default_factory=StageCfg)
@@ -137,9 +170,32 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _allowed(choices: tuple[Any, ...]) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; build nested dataclasses from dicts."""
+    """Check ``value`` against the annotation ``tp`` (types, ``Literal`` choices, ``Annotated`` ranges, finite
+    floats); build nested dataclasses from dicts.
+
+    Raises:
+        ConfigError: naming ``where``, the bad value and what is allowed.
+    """
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        inner, *extras = typing.get_args(tp)
+        value = _coerce(value, inner, where)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(value, where)
+        return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) in {type(c) for c in choices}:
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {_allowed(choices)}{hint}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -161,28 +217,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if tp is Any:
         return value
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     return value
 
 
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types.
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys, wrong types, values outside their
+    ``Literal`` choices or ``Range`` and non-finite floats.
 
     Raises:
-        ConfigError: an unknown key (the message lists the known ones) or a mistyped value.
+        ConfigError: an unknown key (the message lists the known ones) or a bad value (the message names the key,
+            the value and what is allowed).
     """
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; known keys here: {', '.join(names)}")
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown config key {path!r}; {hint}known keys here: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -192,14 +254,51 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def apply_overrides(cfg: RecipeCfg, overrides: list[str]) -> RecipeCfg:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) with strict key and type checks.
+# YAML 1.1 (PyYAML) reads 5e-4 and 1e6 as strings: numbers as YAML 1.2 (and Python) write them
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
-    Setting ``teacher=null`` removes the teacher; setting a ``teacher.*`` key on a recipe without a
-    teacher starts from the defaults of :class:`StageCfg`.
+
+def parse_value(raw: str) -> Any:
+    """The value of a ``--set key=value`` item: YAML, with numbers in YAML 1.2 syntax (``5e-4``, ``1e6``).
+
+    ``nan`` / ``inf`` (any spelling) stay strings or floats here; the field check refuses them.
 
     Raises:
-        ConfigError: malformed override, unknown key or wrong type.
+        ConfigError: the text is not valid YAML.
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    if _NUMBER.match(text):
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    if text.lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+        return float(text.lower().replace(".", ""))  # refused by the field check, with the key named
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"value {raw!r} is not valid YAML ({e})") from None
+
+
+def _optional_stage_default(data: dict, path: list[str]) -> dict | None:
+    """The starting point of an optional stage that a ``--set`` names but the recipe leaves out: the student's
+    stage for ``ensemble.member`` (the documented default of a member), :class:`StageCfg` defaults for
+    ``teacher``."""
+    if path == ["ensemble", "member"]:
+        return copy.deepcopy(data["student"])
+    if path == ["teacher"]:
+        return to_dict(StageCfg())
+    return None
+
+
+def apply_overrides(cfg: RecipeCfg, overrides: list[str]) -> RecipeCfg:
+    """Apply ``key.sub=value`` overrides (values parsed by :func:`parse_value`) with strict key and type checks.
+
+    Setting ``teacher=null`` removes the teacher; setting a ``teacher.*`` key on a recipe without a teacher
+    starts from the defaults of :class:`StageCfg`, an ``ensemble.member.*`` key on a recipe without a member
+    stage from a copy of the student's stage.
+
+    Raises:
+        ConfigError: malformed override, unknown key, wrong type or a value outside its allowed set or range.
     """
     data = to_dict(cfg)
     for item in overrides:
@@ -207,19 +306,23 @@ def apply_overrides(cfg: RecipeCfg, overrides: list[str]) -> RecipeCfg:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+            value = parse_value(raw)
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
         parts = key.strip().split(".")
         node = data
         for i, part in enumerate(parts[:-1]):
-            if node.get(part) is None and part == "teacher":
-                node[part] = to_dict(StageCfg())
+            if isinstance(node, dict) and node.get(part) is None:
+                default = _optional_stage_default(data, parts[: i + 1])
+                if default is not None:
+                    node[part] = default
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} in override {item!r}")
             node = node[part]
-        if parts[-1] not in node and not (len(parts) > 1 and parts[-2] == "model_kwargs"):
-            raise ConfigError(f"unknown config key {key!r}; known keys here: {', '.join(node)}")
+        if parts[-1] not in node and not (len(parts) > 1 and parts[-2] in ("model_kwargs", "paper")):
+            close = difflib.get_close_matches(parts[-1], list(node), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r}; {hint}known keys here: {', '.join(node)}")
         node[parts[-1]] = value
     return from_dict(RecipeCfg, data)
 
@@ -235,6 +338,31 @@ def model_overrides(cfg: RecipeCfg, model: str) -> list[str]:
     sets = [f"student.model={model}"]
     if cfg.ensemble.member is not None:
         sets.append(f"ensemble.member.model={model}")
+    return sets
+
+
+def scale_epochs(cfg: RecipeCfg, epochs: int) -> list[str]:
+    """Overrides that train the student ``epochs`` epochs and every other stage (teacher, ensemble members) in
+    the recipe's proportion to the student; warm-up, multi-step milestones and SWA epochs scale alike.
+
+    Raises:
+        ConfigError: ``epochs`` < 1.
+    """
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    factor = epochs / cfg.student.optim.epochs
+    sets = []
+    for path, stage in (("teacher", cfg.teacher), ("student", cfg.student), ("ensemble.member", cfg.ensemble.member)):
+        if stage is None:
+            continue
+        o = stage.optim
+        n = epochs if path == "student" else max(1, round(o.epochs * factor))
+        r = n / o.epochs
+        sets += [f"{path}.optim.epochs={n}", f"{path}.optim.warmup_epochs={o.warmup_epochs * r:.6g}"]
+        if o.milestones:
+            sets.append(f"{path}.optim.milestones=[{', '.join(str(max(1, round(m * r))) for m in o.milestones)}]")
+        if o.swa_epochs:
+            sets.append(f"{path}.optim.swa_epochs={max(1, min(n, round(o.swa_epochs * r)))}")
     return sets
 
 

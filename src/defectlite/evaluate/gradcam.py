@@ -159,9 +159,15 @@ class Explainer:
         Raises:
             CheckpointError: see :mod:`defectlite.checkpoint` (resolve_checkpoint, load_checkpoint).
         """
-        from defectlite.checkpoint import load_checkpoint, resolve_checkpoint
+        from defectlite.checkpoint import resolve_checkpoint
+        from defectlite.compress.restore import load_checkpoint
+        from defectlite.runs import open_run
 
-        model, card = load_checkpoint(resolve_checkpoint(path))
+        p = Path(path)
+        stem = open_run(p).deployed if p.is_dir() and (p / "config.yaml").is_file() else p
+        model, card = load_checkpoint(resolve_checkpoint(stem))
+        if card.get("task", "classify") != "classify":
+            raise CheckpointError(f"{path}: Grad-CAM explains classifiers; this is a {card['task']} model")
         return cls(model, card, layer)
 
     def class_index(self, name: str) -> int:
@@ -259,6 +265,17 @@ def overlay(expl: Explanation, *, max_side: int = 512, image_weight: float = 0.5
     return show_cam_on_image(rgb, np.clip(mask, 0.0, 1.0), use_rgb=True, image_weight=image_weight)
 
 
+def side_by_side(expl: Explanation, *, max_side: int = 512, gap: int = 4) -> np.ndarray:
+    """The image as the model sees it and its Grad-CAM overlay next to each other, uint8 (H, 2 W + gap, 3): the
+    defect stays visible beside the heat map that covers it."""
+    blend = overlay(expl, max_side=max_side)
+    h, w = blend.shape[:2]
+    plain = np.asarray(expl.image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR))
+    out = np.full((h, 2 * w + gap, 3), 255, np.uint8)
+    out[:, :w], out[:, w + gap :] = plain, blend
+    return out
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """Encode uint8 (H, W, 3) or (H, W) as PNG."""
     buf = io.BytesIO()
@@ -308,7 +325,8 @@ def write_png(path: str | Path, data: bytes) -> Path:
 def explain_per_class(
     run_dir: str | Path, out_dir: str | Path | None = None, *, split: str = "test"
 ) -> dict[str, Path]:
-    """One Grad-CAM overlay per class for a run's report: ``<out_dir>/gradcam_<class>.png``.
+    """One Grad-CAM figure per class for a run's report (image | overlay, :func:`side_by_side`):
+    ``<out_dir>/gradcam_<class>.png``.
 
     For each class, the first image of ``split`` (from ``splits.csv``) that the deployed model
     classifies correctly is explained for its true class (the first image of the class when none is
@@ -327,13 +345,13 @@ def explain_per_class(
     """
     from defectlite.data.locate import resolve_data_path
     from defectlite.data.splits import read_splits_csv
-    from defectlite.train.config import load_recipe
+    from defectlite.runs import open_run
 
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir
-    explainer = Explainer.from_checkpoint(run_dir)
-    root = resolve_data_path(load_recipe(run_dir / "config.yaml").data.path)
-    samples, _ = read_splits_csv(run_dir / "splits.csv", root, explainer.classes)
+    run = open_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.root
+    explainer = Explainer.from_checkpoint(run.deployed)
+    root = resolve_data_path(run.config().data.path)
+    samples, _ = read_splits_csv(run.splits_csv, root, explainer.classes)
     written: dict[str, Path] = {}
     for index, cls in enumerate(explainer.classes):
         paths = [s.path for s in samples if s.split == split and s.label == index]
@@ -345,6 +363,6 @@ def explain_per_class(
                 chosen = expl
                 break
         if chosen is not None:
-            written[cls] = write_png(out / f"gradcam_{cls}.png", png_bytes(overlay(chosen)))
+            written[cls] = write_png(out / f"gradcam_{cls}.png", png_bytes(side_by_side(chosen)))
     log.info("Grad-CAM: %d overlays in %s (layer %s)", len(written), out, explainer.layer_name)
     return written

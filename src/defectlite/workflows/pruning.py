@@ -1,7 +1,7 @@
 """Compress a trained run: channel pruning, layer pruning, fine-tuning with / without distillation, INT8.
 
 The YOLOv4 pruning paper's recipe (yolov4-pruning-distillation-detection.md, §2.2.3-2.2.4, Table 5),
-applied to a run's best student::
+applied to a run's deployed model (the best checkpoint of its deployed stage)::
 
     original -> channel-pruned (global BN-gamma threshold) -> layer-pruned (lowest mean-gamma blocks)
              -> fine-tuned (CE)          \\
@@ -22,16 +22,21 @@ from typing import Any
 
 from torch import nn
 
-from defectlite.checkpoint import load_checkpoint, save_checkpoint
-from defectlite.compress.layer_prune import prune_layers
-from defectlite.compress.prune import channel_counts, prune_channels
-from defectlite.compress.quantize import quantize_onnx
+from defectlite.checkpoint import save_checkpoint
+from defectlite.compress.channel_prune import channel_counts, prune_channels
+from defectlite.compress.int8 import quantize_onnx
+from defectlite.compress.layer_prune import no_blocks_message, prune_layers, residual_blocks
 from defectlite.compress.reparam import reparameterize
+from defectlite.compress.restore import load_checkpoint
 from defectlite.data.transforms import normalize
-from defectlite.evaluate.onnx_eval import evaluate_onnx, onnx_cost
+from defectlite.errors import ConfigError
+from defectlite.evaluate.profile import onnx_cost
 from defectlite.evaluate.report import write_gamma_plot
-from defectlite.pipeline import export_and_check, load_data, load_run_config, train_stage
+from defectlite.pipeline import export_and_check, train_stage
+from defectlite.runs import open_run
+from defectlite.tasks import get_task
 from defectlite.utils import atomic_write_json, atomic_write_text
+from defectlite.workflows.validation import score_run_splits
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ def prune_run(
     out_name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Prune a run's best student and fine-tune it; write a Table-5-like report. Resumable.
+    """Prune a run's deployed model and fine-tune it; write a Table-5-like report. Resumable.
 
     Args:
         run_dir: a finished ``defectlite train`` run (ideally trained with ``--set student.sparsity=...``).
@@ -62,23 +67,32 @@ def prune_run(
 
     Returns:
         The report dict (also written to ``<run>/<out_name>/prune_report.json``).
+
+    Raises:
+        ConfigError: ``layers`` exceeds the model's removable residual blocks (checked before any work),
+            or a ratio outside (0, 1).
     """
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    out = run_dir / (out_name or f"prune-r{ratio:g}-l{layers}")
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, run_dir, progress=False)
-    original, card = load_checkpoint(run_dir / "student" / "best")
+    run = open_run(run_dir)
+    cfg, task = run.config(), get_task(run.task)
+    original, card = load_checkpoint(run.best())
     h, w = cfg.data.input_size
     shape = (1, cfg.data.channels, h, w)
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
+    if layers > 0 and layers > (have := len(residual_blocks(original, shape))):
+        raise ConfigError(f"{card['model']}: {no_blocks_message(layers, have)}")
+    out = run.root / (out_name or f"prune-r{ratio:g}-l{layers}")
+    out.mkdir(parents=True, exist_ok=True)
+    data = task.load_data(cfg, run, progress=False)
+    val_images = task.split_truth(data, "val")[0][:32]
     rows: dict[str, dict[str, Any]] = {}
 
     def record(name: str, model: nn.Module, mcard: dict[str, Any]) -> None:
         save_checkpoint(out / name, model, mcard)
         onnx_path = out / f"{name}.onnx"
-        parity = export_and_check(onnx_path, model, mcard, data.subset("val")[0][:32])
+        parity = export_and_check(onnx_path, model, mcard, task, val_images)
         rows[name] = {
-            **evaluate_onnx(onnx_path, data, mcard),
+            **_split_scores(score_run_splits(onnx_path, task, data), task),
             **onnx_cost(onnx_path, model, shape, threads, 64),
             "parity_max_abs_diff": parity["max_abs_diff"],
         }
@@ -98,36 +112,39 @@ def prune_run(
         dropped = prune_layers(pruned, shape, layers)
         pcard = {**pcard, "transforms": [*pcard["transforms"], {"drop_blocks": dropped}]}
         record("layer_pruned", pruned, pcard)
+    deployed = cfg.student if run.deployed_stage == "student" else (cfg.ensemble.member or cfg.student)
     stage = dataclasses.replace(
-        cfg.student,
+        deployed,
         sparsity=0.0,
-        optim=dataclasses.replace(cfg.student.optim, epochs=finetune_epochs, lr=lr, warmup_epochs=0.0, ema_decay=0.0),
+        optim=dataclasses.replace(deployed.optim, epochs=finetune_epochs, lr=lr, warmup_epochs=0.0, ema_decay=0.0),
     )
     teacher = reparameterize(original)
+    card_all = task.card(cfg, data)
     for name, t in (("finetuned", None), ("finetuned_kd", teacher if distill else None)):
         if name == "finetuned_kd" and not distill:
             continue
         tuned = copy.deepcopy(pruned)
-        train_stage(stage, f"{out.name}/{name}_train", cfg, data, run_dir, t, progress, model=tuned, card=pcard)
+        train_stage(run, f"{out.name}/{name}_train", stage, cfg, task, data, card_all, teacher=t, model=tuned,
+                    model_card=pcard, progress=progress)  # fmt: skip
         best, bcard = load_checkpoint(out / f"{name}_train" / "best")
         record(name, best, bcard)
     last = "finetuned_kd" if distill else "finetuned"
     int8 = quantize_onnx(
         out / f"{last}.onnx",
         out / f"{last}_int8.onnx",
-        normalize(data.subset("train")[0][:256], card["mean"], card["std"]),
+        normalize(task.split_truth(data, "train")[0][:256], card["mean"], card["std"]),
     )
     rows[f"{last}_int8"] = {
-        **evaluate_onnx(int8, data, card),
+        **_split_scores(score_run_splits(int8, task, data), task),
         **onnx_cost(int8, None, shape, threads, 64),
         "params": rows[last]["params"],
         "macs": rows[last]["macs"],
     }
-    gamma_png = None
-    if (run_dir / "student" / "gammas.npz").is_file():
-        gamma_png = write_gamma_plot(run_dir / "student" / "gammas.npz", out / "gammas.png")
+    gammas = run.stage_dir(run.deployed_stage) / "gammas.npz"
+    gamma_png = write_gamma_plot(gammas, out / "gammas.png") if gammas.is_file() else None
     report = {
-        "run": str(run_dir),
+        "run": str(run.root),
+        "task": task.name,
         "model": card["model"],
         "ratio": ratio,
         "layers": layers,
@@ -145,6 +162,15 @@ def prune_run(
     return report
 
 
+def _split_scores(scores: dict[str, dict[str, Any]], task: Any) -> dict[str, Any]:
+    """The headline metric of val and test as flat row fields (``val_score``, ``test_score``, ``test_mcc`` ...)."""
+    key = task.runtime.score_key
+    row = {"score_name": key, "val_score": scores["val"][key], "test_score": scores["test"][key]}
+    if "mcc" in scores["test"]:
+        row["test_mcc"] = scores["test"]["mcc"]
+    return row
+
+
 def render_prune_report(r: dict[str, Any]) -> str:
     """Markdown version of the pruning table (like Table 5 of the YOLOv4 pruning paper)."""
     base = r["rows"]["original"]
@@ -156,7 +182,8 @@ def render_prune_report(r: dict[str, Any]) -> str:
         f"after 20 warm-up, {base['threads_b1']} thread; throughput at batch 64 with {base['threads_throughput']} "
         "threads; all rows measured in the same run.",
         "",
-        "| model | params | size MB | MACs (M) | ORT b1 ms (p95) | speed-up | img/s b64 | val acc | test acc |",
+        f"| model | params | size MB | MACs (M) | ORT b1 ms (p95) | speed-up | img/s b64 | val {base['score_name']} "
+        f"| test {base['score_name']} |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, x in r["rows"].items():
@@ -164,7 +191,7 @@ def render_prune_report(r: dict[str, Any]) -> str:
             f"| {name} | {x['params']:,} ({100 * (1 - x['params'] / base['params']):.1f} % removed) | "
             f"{x['onnx_mb']:.3f} | {x['macs'] / 1e6:.1f} | {x['ort_b1_ms']:.3f} ({x['ort_b1_p95_ms']:.3f}) | "
             f"{base['ort_b1_ms'] / x['ort_b1_ms']:.2f}x | {x['ort_throughput']:,.0f} | "
-            f"{100 * x['val_accuracy']:.2f} % | {100 * x['test_accuracy']:.2f} % |"
+            f"{100 * x['val_score']:.2f} % | {100 * x['test_score']:.2f} % |"
         )
     lines += ["", "Channels per conv (before -> after channel pruning):", ""]
     lines += [f"- `{k}`: {v} -> {r['channels_after'].get(k, v)}" for k, v in r["channels_before"].items()]

@@ -1,0 +1,231 @@
+"""The run folder: how a run is laid out on disk — written and read only through this module.
+
+A run folder is the contract between ``defectlite train`` and every later command (``export``, ``prune``,
+``quantize``, ``explain``, ``serve``, ``val``, ``compare``, the benchmarks)::
+
+    RUN/
+      run.json             manifest: task, recipe, seed, the deployed stage, where a teacher came from,
+                           the command line it was started with, package versions
+      config.yaml          the resolved recipe: every value the run was started with (``--set`` included)
+      splits.csv           the split, reused by every later command on the run
+      <stage>/             teacher/, member<i>/ (ensembles), student/ — one folder per trained model:
+        best.safetensors, best.json   the selected epoch (validation only), a loadable checkpoint + card
+        last.safetensors              the stage's whole training state (resume point), see train.state
+        metrics.csv                   one row per finished epoch
+      model.safetensors, model.json   the deployed model (re-parameterised) and its card
+      model.onnx                      the same for ONNX Runtime, its card in the metadata (task included)
+      report.md, report.json          the run's report, with its figures beside it
+      prune-*/, val-*/                what later commands wrote
+
+A run is resumed by ``defectlite train --resume RUN`` from ``run.json`` + ``config.yaml`` alone: nothing
+given on the command line may change it. Folders written before ``run.json`` existed are read as
+classification runs whose deployed stage is ``student`` (``member0`` when there is no student).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defectlite.errors import CheckpointError, ConfigError
+from defectlite.utils import atomic_write_json, atomic_write_text
+
+MANIFEST, CONFIG, SPLITS = "run.json", "config.yaml", "splits.csv"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class TeacherSource:
+    """Where a run's distillation teacher comes from.
+
+    Attributes:
+        kind: ``trained`` (the run's own teacher stage), ``checkpoint`` (``--teacher RUN|STEM``) or
+            ``ensemble`` (``--teacher-ensemble RUN``: the members of another run).
+        path: the checkpoint stem or run folder (absolute), None for ``trained``.
+    """
+
+    kind: str
+    path: str | None = None
+
+
+@dataclass
+class Run:
+    """An opened run folder. Build with :func:`create_run` or :func:`open_run`.
+
+    Attributes:
+        root: the folder.
+        manifest: ``run.json`` as a dict.
+    """
+
+    root: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        """The run's task name (``classify``, ``detect``, ...)."""
+        return self.manifest.get("task", "classify")
+
+    @property
+    def deployed_stage(self) -> str:
+        """The stage whose best checkpoint is deployed (re-parameterised into ``model.*``)."""
+        return self.manifest["deployed_stage"]
+
+    @property
+    def teacher(self) -> TeacherSource | None:
+        """Where the teacher comes from, or None when the run distils from nothing."""
+        t = self.manifest.get("teacher")
+        return TeacherSource(**t) if t else None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def splits_csv(self) -> Path:
+        return self.root / SPLITS
+
+    def config(self):
+        """The resolved recipe (:class:`~defectlite.train.config.RecipeCfg`) the run was started with.
+
+        Raises:
+            CheckpointError: ``config.yaml`` is missing; ConfigError: it no longer validates.
+        """
+        from defectlite.train.config import load_recipe
+
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.root} is not a defectlite run folder (no {CONFIG})")
+        return load_recipe(self.config_path)
+
+    def stage_dir(self, stage: str) -> Path:
+        """``RUN/<stage>/`` (teacher, member<i>, student)."""
+        return self.root / stage
+
+    def best(self, stage: str | None = None) -> Path:
+        """The checkpoint stem of a stage's selected epoch (default: the deployed stage).
+
+        Raises:
+            CheckpointError: the stage has not finished an epoch yet.
+        """
+        stage = stage or self.deployed_stage
+        stem = self.stage_dir(stage) / "best"
+        if not stem.with_suffix(".json").is_file():
+            raise CheckpointError(f"{self.root}: stage {stage!r} has no best checkpoint yet ({stem}.json)")
+        return stem
+
+    def has_best(self, stage: str) -> bool:
+        """Whether ``stage`` has a selected checkpoint."""
+        return (self.stage_dir(stage) / "best.json").is_file()
+
+    def members(self) -> list[str]:
+        """Names of the ensemble member stages with a best checkpoint, in index order."""
+        found = [p.name for p in self.root.glob("member*") if (p / "best.json").is_file()]
+        return sorted(found, key=lambda n: int(n.removeprefix("member") or 0))
+
+    @property
+    def deployed(self) -> Path:
+        """Stem of the deployed checkpoint (``RUN/model``: ``model.safetensors`` + ``model.json``)."""
+        return self.root / "model"
+
+    @property
+    def onnx(self) -> Path:
+        """``RUN/model.onnx``."""
+        return self.root / "model.onnx"
+
+    def record(self, **fields: Any) -> None:
+        """Update the manifest with ``fields`` (e.g. the deployed stage's files) and write it atomically."""
+        self.manifest.update(fields)
+        atomic_write_json(self.root / MANIFEST, self.manifest)
+
+
+def deployed_stage_of(cfg) -> str:
+    """The stage a recipe deploys: the student, or member 0 of an ensemble that is not distilled."""
+    return "member0" if cfg.ensemble.members > 0 and not cfg.ensemble.distill else "student"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("defectlite", "torch", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def create_run(
+    root: Path,
+    cfg,
+    *,
+    teacher: TeacherSource | None = None,
+    argv: list[str] | None = None,
+) -> Run:
+    """Start a run in ``root`` (or re-open the same run): write ``config.yaml`` and ``run.json``.
+
+    Args:
+        cfg: the resolved :class:`~defectlite.train.config.RecipeCfg`.
+        teacher: where the teacher comes from (None: the recipe's own teacher stage, or none).
+        argv: the command line, recorded for the report.
+
+    Raises:
+        ConfigError: ``root`` already holds a run of another config or teacher (resume it with ``--resume``).
+    """
+    from defectlite.train.config import dump_recipe
+
+    root = Path(root)
+    text = dump_recipe(cfg)
+    if teacher is None and cfg.teacher is not None:
+        teacher = TeacherSource("trained")
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "task": cfg.task,
+        "recipe": cfg.name,
+        "seed": cfg.seed,
+        "deployed_stage": deployed_stage_of(cfg),
+        "teacher": vars(teacher) if teacher else None,
+    }
+    if (root / CONFIG).is_file():
+        old = open_run(root)
+        same = old.config_path.read_text() == text and old.teacher == teacher
+        if not same:
+            raise ConfigError(
+                f"{root} already holds a run with a different config or teacher; resume it with `defectlite train "
+                f"--resume {root}` or choose another --out"
+            )
+        return old
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / CONFIG, text)
+    run = Run(root, {**manifest, "argv": list(argv if argv is not None else sys.argv), "versions": _versions()})
+    run.record()
+    return run
+
+
+def open_run(root: str | Path) -> Run:
+    """Open an existing run folder.
+
+    Raises:
+        CheckpointError: ``root`` is not a run folder, or its ``run.json`` is unreadable.
+    """
+    root = Path(root)
+    if not (root / CONFIG).is_file():
+        hint = " (an ONNX file or checkpoint? this command needs the run folder)" if root.is_file() else ""
+        raise CheckpointError(f"{root} is not a defectlite run folder (no {CONFIG}){hint}")
+    path = root / MANIFEST
+    if not path.is_file():  # a run from before run.json: classification, deployed student (or member0)
+        stage = "student" if (root / "student").is_dir() or not (root / "member0").is_dir() else "member0"
+        return Run(root, {"task": "classify", "deployed_stage": stage, "teacher": None})
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable run manifest ({e})") from None
+    if not isinstance(manifest, dict) or "deployed_stage" not in manifest:
+        raise CheckpointError(f"{path}: not a defectlite run manifest")
+    return Run(root, manifest)
+
+
+__all__ = ["Run", "TeacherSource", "create_run", "deployed_stage_of", "open_run"]

@@ -1,0 +1,223 @@
+"""The ``classify`` task: one label per image (NEU-CLS, casting, TIG weld pools).
+
+Data: the folder / NEU / TIG readers, stratified 8:1:1 splits, the decoded uint8 cache
+(:func:`defectlite.data.prepare`). Objectives: cross-entropy, logit distillation (Xie & Shen 2022,
+Eq. 11-13), hard pseudo-labels of an ensemble (WeldNet paper, Algorithm 1). Selection on validation
+accuracy. Scoring, decoding and the report's test section: :class:`defectlite.deploy.labels.ClassifyRuntime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from defectlite.data import SplitData, prepare, resolve_data_path
+from defectlite.data.augment import train_augment
+from defectlite.data.dataset import ArrayDataset
+from defectlite.data.readers import FORMATS
+from defectlite.data.transforms import normalize
+from defectlite.deploy.labels import ClassifyRuntime
+from defectlite.tasks.base import Task
+from defectlite.train.device import autocast
+from defectlite.train.ensemble import Ensemble, PseudoLabel
+from defectlite.train.objectives import CrossEntropy, LogitDistill
+
+
+def clean_batches(images: np.ndarray, mean, std, device, batch_size: int = 128) -> Iterable[Tensor]:
+    """Normalised, un-augmented batches (n, C, H, W) of uint8 images (evaluation, BN recalibration)."""
+    for i in range(0, len(images), batch_size):
+        yield torch.from_numpy(normalize(images[i : i + batch_size], mean, std)).to(device)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, mean, std, *, batch_size: int = 128, amp: str = "off"):
+    """Logits (N, K) float32 of uint8 images (N, C, H, W), in eval mode, in batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for x in clean_batches(images, mean, std, device, batch_size):
+        with autocast(amp, device):
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _mixup(optim, num_classes: int):
+    """timm's Mixup / CutMix on normalised batches (casting paper §3), or None when both alphas are 0."""
+    if optim.mixup_alpha <= 0 and optim.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    # label smoothing stays with the objective, so it is applied once
+    return Mixup(mixup_alpha=optim.mixup_alpha, cutmix_alpha=optim.cutmix_alpha, prob=optim.mix_prob,
+                 label_smoothing=0.0, num_classes=num_classes)  # fmt: skip
+
+
+class ClassifyStageData:
+    """In-memory uint8 images for the loop (:class:`defectlite.train.loop.StageData`): augmented, shuffled
+    batches; Mixup / CutMix into soft targets when the stage asks; validation accuracy and cross-entropy.
+
+    Args:
+        train, val: (uint8 images (n, C, H, W), int64 labels (n,)).
+        norm: (mean, std) per channel in [0, 1] units.
+        augment: per-image transform of uint8 (C, H, W) tensors, or None.
+        mixup: timm ``Mixup`` or None.
+    """
+
+    score_name = "val_acc"
+
+    def __init__(self, train, val, norm, augment=None, mixup=None) -> None:
+        self.dataset = ArrayDataset(*train, transform=augment)
+        self.val = val
+        self.mean, self.std = norm
+        self.mixup = mixup
+        self.train_size = len(self.dataset)
+        self._train_images = train[0]
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        pass
+
+    def batches(self, batch_size: int, generator: torch.Generator):
+        drop = len(self.dataset) >= batch_size
+        return DataLoader(self.dataset, batch_size, shuffle=True, drop_last=drop, generator=generator)
+
+    def inputs(self, batch, device):
+        xb, yb = batch
+        x, y = torch.from_numpy(normalize(xb, self.mean, self.std)).to(device), yb.to(device)
+        target = y
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)  # soft targets (N, K)
+        return x, target, y
+
+    def batch_stats(self, outputs: Tensor, truth: Tensor) -> dict[str, float]:
+        return {"train_acc": float((outputs.argmax(1) == truth).sum())}  # against the true labels
+
+    def validate(self, model: nn.Module, amp: str) -> dict[str, float]:
+        x, y = self.val
+        if not len(y):
+            return {"val_loss": float("nan"), "val_acc": float("nan")}
+        logits = predict_logits(model, x, self.mean, self.std, amp=amp)
+        loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
+        return {"val_loss": loss, "val_acc": float((logits.argmax(1) == y).mean())}
+
+    def clean_batches(self, device) -> Iterable[Tensor]:
+        return clean_batches(self._train_images, self.mean, self.std, device)
+
+
+class ClassifyTask(Task):
+    """Image classification (see the module docstring)."""
+
+    name = "classify"
+    formats = FORMATS
+
+    def __init__(self) -> None:
+        self.runtime = ClassifyRuntime()
+
+    def load_data(self, cfg, run, progress: bool = True) -> SplitData:
+        d = cfg.data
+        return prepare(
+            resolve_data_path(d.path),
+            size=d.input_size,
+            channels=d.channels,
+            format=d.format,
+            ratios=d.split,
+            seed=cfg.seed,
+            splits_csv=run.splits_csv,
+            train_fraction=d.train_fraction,
+            drop_leaks=d.drop_leaks,
+            skip_bad=d.skip_bad,
+            progress=progress,
+        )
+
+    def objective(self, stage, cfg, teacher: nn.Module | None, *, hard_alpha: float | None = None) -> nn.Module:
+        """Cross-entropy; logit distillation from ``teacher``; or its hard pseudo-labels (``hard_alpha``)."""
+        ls = stage.optim.label_smoothing
+        if teacher is None:
+            return CrossEntropy(ls)
+        if hard_alpha is not None:
+            return PseudoLabel(teacher, hard_alpha, label_smoothing=ls)
+        return LogitDistill(teacher, cfg.kd.temperature, cfg.kd.alpha, label_smoothing=ls)
+
+    def stage_data(self, stage, cfg, data: SplitData, card: dict[str, Any]) -> ClassifyStageData:
+        train = data.subset("train")
+        num_classes = len(data.classes)
+        return ClassifyStageData(
+            train,
+            data.subset("val"),
+            (card["mean"], card["std"]),
+            augment=train_augment(**vars(stage.augment)),
+            mixup=_mixup(stage.optim, num_classes),
+        )
+
+    def split_truth(self, data: SplitData, split: str):
+        images, labels = data.subset(split)
+        h, w = images.shape[-2:]
+        return images, labels, [(h, w)] * len(images)
+
+    def ensemble_teacher(self, member_stems: list[Path], method: str, k: float, classes: list[str]) -> Ensemble:
+        """The frozen, re-parameterised ensemble of the given member checkpoints (WeldNet paper Eq. 2).
+
+        Raises:
+            CheckpointError: no members, or members trained on other classes.
+        """
+        from defectlite.compress.reparam import reparameterize
+        from defectlite.compress.restore import load_checkpoint
+        from defectlite.errors import CheckpointError
+
+        if not member_stems:
+            raise CheckpointError("no ensemble members (member<i>/best.json) to distil from")
+        members = []
+        for stem in member_stems:
+            model, card = load_checkpoint(stem)
+            if card["classes"] != list(classes):
+                raise CheckpointError(f"{stem} was trained on classes {card['classes']}, not {list(classes)}")
+            members.append(reparameterize(model))
+        return Ensemble(members, method, k)
+
+    def evaluate_ensemble(self, ensemble: Ensemble, data: SplitData, card: dict[str, Any]) -> dict[str, dict]:
+        """Test metrics of the mean and the focal combination of ``ensemble``'s members (same members)."""
+        out = {}
+        for method in ("mean", "focal"):
+            combined = Ensemble(list(ensemble.members), method, ensemble.k)
+            out[f"{method}_ensemble"] = self.evaluate(combined, data, "test", card)
+        return out
+
+    def figures(self, run_dir: Path, report: dict[str, Any], data: SplitData) -> dict[str, Any]:
+        """Confusion matrices of the deployed model (counts and normalised) and Grad-CAM per class."""
+        meta = {"classes": data.classes, "model": report.get("model", "")}
+        out: dict[str, Any] = {"confusion": self.runtime.write_figures(report["test"], meta, run_dir, "confusion_test")}
+        out["gradcam"] = _gradcam_per_class(run_dir)
+        return out
+
+    def paper_values(self, report: dict[str, Any]) -> dict[str, str]:
+        """This run's values for the keys a recipe's ``paper`` table may hold."""
+        test, prof = report["test"], report["profile"]
+        b1 = next((t for t in prof["timings"] if t["batch"] == 1 and t["runtime"].startswith("onnxruntime")), None)
+        teacher = report["test_all"].get("teacher")
+        return {
+            "accuracy": f"{100 * test['accuracy']:.2f} %",
+            "mcc": f"{100 * test['mcc']:.2f} %",
+            "teacher_accuracy": f"{100 * teacher['accuracy']:.2f} %" if teacher else "—",
+            "params": f"{prof['params_deployed']:,}",
+            "compute": f"{prof['macs'] / 1e6:.1f} M MACs",
+            "latency": f"{b1['median_ms']:.3f} ms (ORT, {b1['threads']} thread)" if b1 else "—",
+        }
+
+
+def _gradcam_per_class(run_dir: Path) -> dict[str, str]:
+    """One Grad-CAM figure per class for the report (file names); a failure is logged, never costs the run."""
+    import logging
+
+    from defectlite.evaluate.gradcam import explain_per_class
+
+    try:
+        return {c: p.name for c, p in explain_per_class(run_dir).items()}
+    except Exception as e:  # noqa: BLE001 - explanations are a report extra
+        logging.getLogger(__name__).warning("Grad-CAM overlays skipped: %s", e)
+        return {}
