@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from defectlite.checkpoint import save_checkpoint
-from defectlite.compress.restore import load_checkpoint
-from defectlite.compress.layer_prune import prune_layers, residual_blocks
 from defectlite.compress.channel_prune import channel_counts, prune_channels
 from defectlite.compress.int8 import quantize_onnx
+from defectlite.compress.layer_prune import prune_layers, residual_blocks
+from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import SparsityObjective, bn_l1, gammas
 from defectlite.data import prepare
 from defectlite.data.transforms import normalize
