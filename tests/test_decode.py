@@ -1,4 +1,4 @@
-"""The one decoder (every bit depth and mode) and the file checks before it.
+"""The one decoder (every bit depth and mode), the file checks before it and the symlink rules of the readers.
 
 Each mode test writes a real NEU image in that mode or bit depth and checks that ``to_uint8`` gives the
 array of the 8-bit original. That is also the check that predictions agree: after decoding, preprocessing
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import NEU_CLASSES
+from conftest import NEU_CLASSES, link_neu_subset
+from defectlite.data import prepare, read_dataset
 from defectlite.data.cache import decode_images
 from defectlite.data.transforms import decode, to_uint8
 from defectlite.errors import DataError
@@ -323,3 +324,78 @@ def test_broken_link_folder_and_missing_file_are_named(tmp_path):
         to_uint8(tmp_path / "folder.png", (8, 8))
     with pytest.raises(DataError, match="nothing.png: file not found"):
         to_uint8(tmp_path / "nothing.png", (8, 8))
+
+
+# --- folder readers: symlinks resolved, nothing read twice, broken links reported ---------------------------------
+
+
+@pytest.fixture
+def two_classes(shared_data, tmp_path) -> Path:
+    """``<tmp>/data/{crazing,patches}/`` holding 3 linked NEU images each (folder layout)."""
+    src = shared_data / "neu-surface-defect" / "images"
+    root = tmp_path / "data"
+    for c in ("crazing", "patches"):
+        (root / c).mkdir(parents=True)
+        for n in (1, 2, 3):
+            (root / c / f"{n}.jpg").symlink_to(src / f"{c}_{n}.jpg")
+    return root
+
+
+def test_a_link_to_the_data_folder_is_not_a_class(two_classes):
+    """The bug: ``ln -s . DATA/loopcls`` gave a class "loopcls" holding every image."""
+    (two_classes / "loopcls").symlink_to(".")
+    with pytest.raises(DataError, match=r"loopcls/loopcls is .* again \(already listed as .*/loopcls\)"):
+        read_dataset(two_classes)
+    with pytest.raises(DataError, match="loopcls"):
+        read_dataset(two_classes, format="folder")
+
+
+def test_a_folder_linked_inside_itself_is_refused(two_classes):
+    (two_classes / "crazing" / "again").symlink_to("..")
+    with pytest.raises(DataError, match=r"crazing/again/crazing is .*/crazing again \(already listed as .*/crazing\)"):
+        read_dataset(two_classes, format="folder")
+
+
+def test_linked_folders_elsewhere_are_read_once(two_classes, tmp_path, shared_data):
+    """A class folder, or a folder inside one, may be a link to a folder elsewhere: read like a real one."""
+    elsewhere = link_neu_subset(tmp_path / "elsewhere", 1, start=4)
+    (two_classes / "crazing" / "more").symlink_to(elsewhere)
+    moved = tmp_path / "moved_patches"
+    (two_classes / "patches").rename(moved)
+    (two_classes / "patches").symlink_to(moved)
+    index = read_dataset(two_classes)
+    assert index.counts() == {"crazing": 3 + 6, "patches": 3}
+
+
+@pytest.mark.parametrize("where", ["same class", "other class"])
+def test_one_file_reached_twice_is_refused(two_classes, where):
+    folder = two_classes / ("crazing" if where == "same class" else "patches")
+    (folder / "dup.jpg").symlink_to(two_classes / "crazing" / "1.jpg")
+    with pytest.raises(DataError, match=r"1 image file\(s\) listed twice.*\n  .*crazing/1.jpg and .*dup.jpg are both"):
+        read_dataset(two_classes)
+
+
+def test_same_file_twice_in_the_neu_layout_is_refused(shared_data, tmp_path):
+    folder = link_neu_subset(tmp_path / "images", 2)
+    (folder / "crazing_9.jpg").symlink_to(folder / "crazing_1.jpg")
+    with pytest.raises(DataError, match="listed twice"):
+        read_dataset(tmp_path)
+
+
+def test_broken_links_are_reported_unless_skip_bad(shared_data, tmp_path):
+    """Chosen: a broken link named like an image is a bad image: DataError naming it, or listed with skip_bad.
+
+    Same rule as a corrupt file (the user meant it to be in the data set), so ``--skip-bad`` covers both.
+    """
+    folder = link_neu_subset(tmp_path / "images", 2)
+    (folder / "crazing_9.jpg").symlink_to(tmp_path / "unmounted" / "crazing_9.jpg")
+    with pytest.raises(DataError, match=r"crazing_9.jpg: broken symbolic link .*\n.*--skip-bad"):
+        prepare(tmp_path, size=(32, 32), progress=False)
+    d = prepare(tmp_path, size=(32, 32), skip_bad=True, progress=False)
+    assert len(d.paths) == 12 and [Path(p).name for p, _ in d.skipped] == ["crazing_9.jpg"]
+
+
+def test_a_broken_class_folder_link_is_an_error(two_classes, tmp_path):
+    (two_classes / "scratches").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(DataError, match="scratches: broken symbolic link where a class folder is expected"):
+        read_dataset(two_classes, format="folder")
