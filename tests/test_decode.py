@@ -234,6 +234,18 @@ def test_alpha_is_composited_on_black(grey, tmp_path):
     _assert_decodes_as(palette, np.where(grey == key, 0, grey).astype(np.uint8))
 
 
+def test_a_cache_written_by_the_old_decoder_is_not_reused(grey, tmp_path, monkeypatch):
+    """The cache key holds path, size and mtime: only _CACHE_VERSION tells a 16-bit file's old, saturated entry."""
+    import defectlite.data.cache as cache
+
+    path = _write(tmp_path, "g16.png", Image.fromarray(_sixteen(grey, 257)))
+    with monkeypatch.context() as old:
+        old.setattr(cache, "_CACHE_VERSION", 1)
+        old.setattr(cache, "to_uint8", lambda *a, **k: np.full((1, 200, 200), 255, np.uint8))  # as convert("L") did
+        cache.decode_images([path], (200, 200), progress=False)
+    assert np.array_equal(cache.decode_images([path], (200, 200), progress=False).images[0, 0], grey)
+
+
 def test_decode_returns_an_eight_bit_image(grey):
     """Grad-CAM shows ``decode(...)`` as "the image the model sees": it must be 8-bit too."""
     img = decode(Image.fromarray(_sixteen(grey, 257)), mode="L")

@@ -25,7 +25,7 @@ from defectlite.errors import DataError
 from defectlite.utils import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: data.decode (12/16-bit, float, alpha no longer saturated/dropped; 8-bit output unchanged)
 
 
 @dataclass
