@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from defectlite.data.decode import read_image_file
 from defectlite.data.transforms import to_uint8
 from defectlite.errors import DataError
 from defectlite.utils import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: data.decode (12/16-bit, float, alpha no longer saturated/dropped; 8-bit output unchanged)
 
 
 @dataclass
@@ -61,12 +62,11 @@ def _key(paths: Sequence[Path], size: Sequence[int], channels: int) -> str:
 
 
 def _decode_one(path: Path, size: Sequence[int], channels: int) -> tuple[np.ndarray | None, str, str]:
+    """(image (C, H, W) or None, SHA-1 of the file's bytes or "", why it is unreadable or "")."""
+    digest = ""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return None, "", f"cannot read file ({e.strerror or e})"
-    digest = hashlib.sha1(data).hexdigest()
-    try:
+        data = read_image_file(path)  # refuses FIFOs, broken links ... with their own messages
+        digest = hashlib.sha1(data).hexdigest()
         return to_uint8(data, size, channels, name=str(path)), digest, ""
     except DataError as e:
         return None, digest, str(e).removeprefix(f"{path}: ")

@@ -12,6 +12,10 @@ Layouts (``format``):
   names from Table 1 of the WeldNet paper).
 - ``auto``: decide from what the folder holds (see :func:`detect_format`).
 
+Symbolic links are followed, to files and to folders (a data set may be a tree of links into another);
+a loop (``ln -s . DATA/loopcls``) or a folder or file reached twice is refused, and a broken link named
+like an image is listed so that decoding reports it (see :func:`read_dataset`).
+
 Readers only list files; decoding happens once, in :mod:`defectlite.data.cache`.
 """
 
@@ -22,6 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from defectlite.errors import DataError
 
@@ -84,20 +89,73 @@ class DatasetIndex:
 
 
 def is_image(path: Path) -> bool:
-    """True for a regular file with a known image suffix (case-insensitive), hidden files excluded."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    """True for a path with a known image suffix (case-insensitive) that is not a folder, hidden files excluded.
+
+    Broken symbolic links and special files (FIFOs, sockets, devices) with an image suffix count: they are
+    listed so that decoding reports each one (a ``DataError`` unless ``skip_bad``, as for a corrupt image)
+    instead of dropping it without a word.
+    """
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and not path.is_dir()
 
 
 def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
-    if recursive:
-        found = [Path(d) / f for d, _, files in os.walk(folder) for f in files]
-    else:
-        found = list(folder.iterdir())
+    """The images (see :func:`is_image`) in ``folder``, and in its sub-folders when ``recursive``, sorted.
+
+    Symbolic links are followed, to files and to folders. A folder reached a second time -- through a link
+    to a folder that holds the link (a loop such as ``ln -s . again``) or a second link to one folder --
+    is refused instead of being listed again (or for ever). A file reached through two links is refused
+    by :func:`read_dataset`.
+
+    Raises:
+        DataError: a folder is reached twice; a folder cannot be listed (the message says why).
+    """
+    if not recursive:
+        try:
+            return sorted(p for p in folder.iterdir() if is_image(p))
+        except OSError as e:
+            _unlistable(e)
+    found, seen = [], {}
+    for d, _, files in os.walk(folder, onerror=_unlistable, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            raise DataError(
+                f"{d} is {real} again (already listed as {seen[real]}): a symbolic link to a folder that holds it, "
+                "or a second link to one folder; a data set must list each folder once, remove the link"
+            )
+        seen[real] = d
+        found += [Path(d, f) for f in files]
     return sorted(p for p in found if is_image(p))
+
+
+def _unlistable(error: OSError) -> NoReturn:
+    raise DataError(f"{error.filename}: cannot list the folder ({error.strerror or error})") from None
 
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_each_file_once(samples: list[Sample]) -> None:
+    """Refuse a file reached through two paths (symbolic links): it would be read twice, maybe in two classes or splits.
+
+    Hard links and copies are distinct files here; byte-identical files are the business of
+    :func:`defectlite.data.splits.find_leaks`.
+    """
+    first: dict[str, Path] = {}
+    twice = []
+    for s in samples:
+        real = os.path.realpath(s.path)
+        if real in first:
+            twice.append(f"  {first[real]} and {s.path} are both {real}")
+        else:
+            first[real] = s.path
+    if twice:
+        more = f"\n  ... and {len(twice) - 10} more" if len(twice) > 10 else ""
+        raise DataError(
+            f"{len(twice)} image file(s) listed twice through symbolic links; a data set must hold each file once:\n"
+            + "\n".join(twice[:10])
+            + more
+        )
 
 
 def detect_format(root: Path) -> str:
@@ -142,8 +200,11 @@ def read_dataset(root: str | Path, format: str = "auto", *, min_classes: int = 2
         A :class:`DatasetIndex` with classes sorted by name and samples sorted by path.
 
     Raises:
-        DataError: the folder is missing; the format is unknown; a class folder holds no images;
-            fewer than two classes are found; pre-split folders disagree on the classes.
+        DataError: the folder is missing; the format is unknown; a class folder holds no images or is a
+            broken symbolic link; fewer than two classes are found; pre-split folders disagree on the
+            classes; a folder or file is reached twice through symbolic links (a loop such as
+            ``ln -s . DATA/loopcls``, or two links to one file); a folder cannot be listed.
+            Broken links and special files named like images are listed; decoding reports them.
     """
     root = Path(root).expanduser()
     if format not in FORMATS:
@@ -153,6 +214,7 @@ def read_dataset(root: str | Path, format: str = "auto", *, min_classes: int = 2
         raise DataError(f"data folder not found: {root}")
     readers = {"neu": _read_neu, "folder": _read_folder, "tig": _read_tig}
     index = readers[fmt](root)
+    _check_each_file_once(index.samples)
     present = sorted({index.classes[s.label] for s in index.samples})
     if len(present) < min_classes:
         raise DataError(
@@ -185,7 +247,7 @@ def _read_tig(root: Path) -> DatasetIndex:
             if not isinstance(label, int) or not 0 <= label < len(TIG_CLASSES):
                 raise DataError(f"{label_file}: label of {rel!r} must be an integer 0-5, got {label!r}")
             path = label_file.parent / rel
-            if not path.is_file():
+            if not os.path.lexists(path):  # a broken link or a FIFO is listed: decoding reports what it is
                 raise DataError(f"{label_file}: lists {rel!r}, but {path} does not exist")
             samples.append(Sample(path, label, split))
     return DatasetIndex(root, "tig", list(TIG_CLASSES), sorted(samples, key=lambda s: str(s.path)))
@@ -208,6 +270,9 @@ def _read_neu(root: Path) -> DatasetIndex:
 
 
 def _read_class_folders(folder: Path) -> dict[str, list[Path]]:
+    for p in sorted(folder.iterdir()):
+        if p.is_symlink() and not p.exists() and not is_image(p) and not p.name.startswith("."):
+            raise DataError(f"{p}: broken symbolic link where a class folder is expected (target {os.readlink(p)})")
     out = {}
     for d in _subdirs(folder):
         files = _images_in(d)
