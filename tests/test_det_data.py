@@ -1,0 +1,285 @@
+"""Detection data: VOC / YOLO / COCO readers, bad-file errors, anchors, box augmentation and the loader, on NEU-DET."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NEU_CLASSES, data_root
+from defectlite.data.detection import DetIndex, detect_det_format, read_detection
+from defectlite.errors import ConfigError, DataError
+
+# two images per class plus scratches_108, whose XML holds 1 scratches and 3 inclusion boxes
+NEU_STEMS = [f"{c}_{n}" for c in NEU_CLASSES for n in (1, 2)] + ["scratches_108"]
+
+
+def neu_det() -> Path:
+    return data_root() / "neu-surface-defect"
+
+
+def link_neu_det(dest: Path, stems=NEU_STEMS) -> Path:
+    """Symlink NEU-DET images and their XML into ``dest/images`` + ``dest/annotations`` (VOC layout)."""
+    for sub in ("images", "annotations"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for s in stems:
+        os.symlink(neu_det() / "images" / f"{s}.jpg", dest / "images" / f"{s}.jpg")
+        os.symlink(neu_det() / "annotations" / f"{s}.xml", dest / "annotations" / f"{s}.xml")
+    return dest
+
+
+def edited_voc(dest: Path, stem: str, new_stem: str, edit) -> Path:
+    """Add ``new_stem`` to a VOC tree: NEU image ``stem`` linked under the new name, its XML passed through ``edit``."""
+    os.symlink(neu_det() / "images" / f"{stem}.jpg", dest / "images" / f"{new_stem}.jpg")
+    xml = dest / "annotations" / f"{new_stem}.xml"
+    xml.write_text(edit((neu_det() / "annotations" / f"{stem}.xml").read_text()))
+    return xml
+
+
+def first_box(xml: str, **values: float) -> str:
+    """Replace the first object's <xmin> ... <ymax> with ``values``."""
+    for k, v in values.items():
+        xml = re.sub(f"<{k}>[^<]*</{k}>", f"<{k}>{v}</{k}>", xml, count=1)
+    return xml
+
+
+def to_yolo(index: DetIndex, dest: Path, names: list[str], split_of=None) -> Path:
+    """Write ``index`` as a YOLO tree (images linked, labels normalised, ``classes.txt`` in the order ``names``)."""
+    for s in index.samples:
+        sub = f"/{split_of(s)}" if split_of else ""
+        (dest / f"images{sub}").mkdir(parents=True, exist_ok=True)
+        (dest / f"labels{sub}").mkdir(parents=True, exist_ok=True)
+        os.symlink(s.path, dest / f"images{sub}" / s.path.name)
+        lines = []
+        for (x1, y1, x2, y2), k in zip(s.boxes, s.labels):
+            xc, yc, w, h = (x1 + x2) / 2 / s.width, (y1 + y2) / 2 / s.height, (x2 - x1) / s.width, (y2 - y1) / s.height
+            lines.append(f"{names.index(index.classes[k])} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}")
+        (dest / f"labels{sub}" / f"{s.path.stem}.txt").write_text("\n".join(lines) + "\n")
+    (dest / "classes.txt").write_text("\n".join(names) + "\n")
+    return dest
+
+
+def to_coco(index: DetIndex, dest: Path, cat_ids: dict[str, int], json_name="annotations.json", samples=None) -> Path:
+    """Write ``index`` (or ``samples`` of it) as COCO: images linked into ``dest/images``, ``dest/<json_name>``."""
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i, s in enumerate(samples if samples is not None else index.samples):
+        os.symlink(s.path, dest / "images" / s.path.name)
+        images.append({"id": i + 1, "file_name": s.path.name, "width": s.width, "height": s.height})
+        for (x1, y1, x2, y2), k in zip(s.boxes.tolist(), s.labels):
+            cat = cat_ids[index.classes[k]]
+            anns.append(
+                {"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            )
+    cats = [{"id": v, "name": k} for k, v in cat_ids.items()]
+    (dest / json_name).write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return dest
+
+
+def by_name(index: DetIndex) -> dict[str, tuple[np.ndarray, list[str]]]:
+    return {s.path.name: (s.boxes, [index.classes[k] for k in s.labels]) for s in index.samples}
+
+
+@pytest.fixture(scope="module")
+def voc_tree(tmp_path_factory) -> Path:
+    return link_neu_det(tmp_path_factory.mktemp("voc"))
+
+
+# ---------------------------------------------------------------- readers
+
+
+def test_voc_reader_takes_each_box_class_from_the_xml(voc_tree):
+    index = read_detection(voc_tree)
+    assert index.format == "voc" and index.classes == NEU_CLASSES and not index.skipped
+    assert [s.path.stem for s in index.samples] == sorted(NEU_STEMS)
+    s = {s.path.stem: s for s in index.samples}
+    assert s["crazing_1"].boxes.tolist() == [[2, 2, 193, 194]]  # the XML's corners, unshifted
+    assert (s["crazing_1"].width, s["crazing_1"].height) == (200, 200)
+    mixed = s["scratches_108"]
+    assert sorted(index.classes[k] for k in mixed.labels) == ["inclusion"] * 3 + ["scratches"]
+    assert index.dominant_labels()[index.samples.index(mixed)] == NEU_CLASSES.index("inclusion")
+    assert sum(index.box_counts().values()) == sum(len(x.labels) for x in index.samples)
+    assert mixed.boxes.dtype == np.float32 and mixed.labels.dtype == np.int64 and not mixed.boxes.flags.writeable
+
+
+def test_full_neu_det_box_counts_match_its_readme(shared_data):
+    index = read_detection(shared_data / "neu-surface-defect")
+    assert len(index.samples) == 1800 and not index.skipped
+    counts = dict(zip(NEU_CLASSES, (689, 1011, 881, 432, 628, 548)))
+    assert index.box_counts() == counts  # by the XML <name>, 188 of them differ from the file prefix
+
+
+def test_yolo_reader_keeps_the_names_file_order(voc_tree, tmp_path):
+    voc = read_detection(voc_tree)
+    names = NEU_CLASSES[::-1]  # not sorted: the layout's order must be kept
+    yolo = read_detection(to_yolo(voc, tmp_path / "yolo", names))
+    assert yolo.format == "yolo" and yolo.classes == names and yolo.samples[0].split is None
+    a, b = by_name(voc), by_name(yolo)
+    assert a.keys() == b.keys()
+    for name, (boxes, classes) in a.items():
+        assert b[name][1] == classes
+        np.testing.assert_allclose(b[name][0], boxes, atol=1e-3)
+
+
+def test_yolo_split_folders_and_data_yaml(voc_tree, tmp_path):
+    voc = read_detection(voc_tree)
+    root = to_yolo(
+        voc, tmp_path / "yolo", NEU_CLASSES, split_of=lambda s: "val" if s.path.stem.endswith("_2") else "train"
+    )
+    (root / "classes.txt").unlink()
+    (root / "data.yaml").write_text("path: .\nnames:\n" + "".join(f"  {i}: {c}\n" for i, c in enumerate(NEU_CLASSES)))
+    index = read_detection(root)
+    assert index.presplit and index.classes == NEU_CLASSES
+    assert {s.path.stem: s.split for s in index.samples}["crazing_2"] == "val"
+    assert sum(s.split == "train" for s in index.samples) == 7
+
+
+def test_coco_reader_orders_classes_by_category_id(voc_tree, tmp_path):
+    voc = read_detection(voc_tree)
+    cat_ids = {c: 20 - i for i, c in enumerate(NEU_CLASSES)}  # ids descend as names ascend
+    coco = read_detection(to_coco(voc, tmp_path / "coco", cat_ids))
+    assert coco.format == "coco" and coco.classes == NEU_CLASSES[::-1]
+    a, b = by_name(voc), by_name(coco)
+    for name, (boxes, classes) in a.items():
+        assert b[name][1] == classes
+        np.testing.assert_allclose(b[name][0], boxes, atol=1e-4)
+
+
+def test_coco_instances_files_set_the_split(voc_tree, tmp_path):
+    voc = read_detection(voc_tree)
+    cat_ids = {c: i + 1 for i, c in enumerate(NEU_CLASSES)}
+    root = tmp_path / "coco"
+    to_coco(voc, root, cat_ids, "instances_train2017.json", voc.samples[:9])
+    to_coco(voc, root, cat_ids, "instances_val2017.json", voc.samples[9:])
+    (root / "annotations").mkdir()
+    for f in root.glob("*.json"):
+        f.rename(root / "annotations" / f.name)  # the COCO habit; files stay relative to <root>/images
+    index = read_detection(root)
+    assert index.presplit and [s.split for s in index.samples].count("val") == len(voc.samples) - 9
+
+
+def test_auto_detection_and_format_override(voc_tree, tmp_path):
+    assert detect_det_format(voc_tree) == "voc"
+    voc = read_detection(voc_tree)
+    assert detect_det_format(to_yolo(voc, tmp_path / "y", NEU_CLASSES)) == "yolo"
+    assert detect_det_format(to_coco(voc, tmp_path / "c", {c: i for i, c in enumerate(NEU_CLASSES)})) == "coco"
+    both = to_yolo(voc, tmp_path / "both", NEU_CLASSES)
+    os.symlink(voc_tree / "annotations", both / "annotations")
+    with pytest.raises(DataError, match="several detection layouts \\(voc, yolo\\)"):
+        detect_det_format(both)
+    assert read_detection(both, format="yolo").format == "yolo"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no detection layout"):
+        read_detection(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="unknown detection data format 'pascal'"):
+        read_detection(voc_tree, format="pascal")
+
+
+def test_classes_argument_sets_the_order_and_rejects_others(voc_tree):
+    index = read_detection(voc_tree, classes=NEU_CLASSES[::-1])
+    assert index.classes == NEU_CLASSES[::-1]
+    crazing = next(s for s in index.samples if s.path.stem == "crazing_1")
+    assert crazing.labels.tolist() == [5]
+    with pytest.raises(DataError, match=r"scratches_108.xml: object 2 has class 'inclusion', not one of"):
+        read_detection(voc_tree, classes=[c for c in NEU_CLASSES if c != "inclusion"])
+    with pytest.raises(ConfigError, match="distinct"):
+        read_detection(voc_tree, classes=["a", "a"])
+
+
+def test_negatives_are_valid_images_without_boxes(tmp_path):
+    root = link_neu_det(tmp_path / "voc", NEU_STEMS[:4])
+    edited_voc(root, "crazing_1", "crazing_900", lambda t: re.sub(r"<object>.*</object>", "", t, flags=re.S))
+    index = read_detection(root)
+    neg = next(s for s in index.samples if s.path.stem == "crazing_900")
+    assert neg.boxes.shape == (0, 4) and neg.labels.shape == (0,)
+    assert index.dominant_labels()[index.samples.index(neg)] == len(index.classes)
+    yolo = to_yolo(index, tmp_path / "yolo", index.classes)
+    assert (yolo / "labels" / "crazing_900.txt").read_text().strip() == ""
+    assert read_detection(yolo).dominant_labels() == index.dominant_labels()
+
+
+BAD_VOC = {  # how the copy of crazing_1.xml is broken -> what the error must say
+    "outside": (
+        lambda t: first_box(t, xmax=250),
+        "object 1 (crazing) [2, 2, 250, 194] lies outside the 200 x 200 image",
+    ),
+    "beyond_tolerance": (lambda t: first_box(t, ymax=201.5), "lies outside the 200 x 200 image (tolerance 1 px)"),
+    "zero_area": (lambda t: first_box(t, xmin=50, xmax=50), "[50, 2, 50, 194] has zero or negative area"),
+    "negative_area": (lambda t: first_box(t, ymin=90, ymax=40), "has zero or negative area"),
+    "not_a_number": (lambda t: first_box(t, xmin="left"), "object 1 lacks a numeric <bndbox>"),
+    "no_name": (lambda t: t.replace("<name>crazing</name>", ""), "object 1 has no <name>"),
+    "truncated_xml": (lambda t: t[: len(t) // 2], "not well-formed XML"),
+    "entities": (lambda t: '<!DOCTYPE a [<!ENTITY c "crazing">]>\n' + t, "DTD / entity declarations are refused"),
+    "size_mismatch": (lambda t: t.replace("<width>200</width>", "<width>300</width>"), "states 300 x 200 pixels"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_VOC)
+def test_each_bad_voc_file_is_named_or_skipped(tmp_path, kind):
+    root = link_neu_det(tmp_path, NEU_STEMS[:4])
+    edit, reason = BAD_VOC[kind]
+    xml = edited_voc(root, "crazing_1", "crazing_900", edit)
+    with pytest.raises(DataError) as err:
+        read_detection(root)
+    assert f"{xml}: " in str(err.value) and reason in str(err.value) and "--skip-bad" in str(err.value)
+    index = read_detection(root, skip_bad=True)
+    assert [f for f, _ in index.skipped] == [str(xml)] and reason in index.skipped[0][1]
+    assert [s.path.stem for s in index.samples] == NEU_STEMS[:4]
+
+
+def test_a_corner_within_one_pixel_is_clipped(tmp_path):
+    root = link_neu_det(tmp_path, NEU_STEMS[:2])
+    edited_voc(root, "crazing_1", "crazing_900", lambda t: first_box(t, xmin=-0.5, xmax=201))
+    s = next(s for s in read_detection(root).samples if s.path.stem == "crazing_900")
+    assert s.boxes.tolist() == [[0, 2, 200, 194]]
+
+
+def test_unpaired_images_and_label_files_are_listed(tmp_path):
+    root = link_neu_det(tmp_path, NEU_STEMS[:4])
+    os.symlink(neu_det() / "images" / "patches_7.jpg", root / "images" / "patches_7.jpg")
+    orphan = root / "annotations" / "patches_8.xml"
+    os.symlink(neu_det() / "annotations" / "patches_8.xml", orphan)
+    with pytest.raises(DataError, match="2 bad detection file") as err:
+        read_detection(root)
+    assert f"{root / 'images' / 'patches_7.jpg'}: no label file {root / 'annotations' / 'patches_7.xml'}" in str(
+        err.value
+    )
+    index = read_detection(root, skip_bad=True)
+    assert {f for f, _ in index.skipped} == {str(root / "images" / "patches_7.jpg"), str(orphan)}
+    assert "no image named patches_8.* in" in dict(index.skipped)[str(orphan)]
+    assert len(index.samples) == 4
+
+
+def test_bad_yolo_labels_are_named(voc_tree, tmp_path):
+    root = to_yolo(read_detection(voc_tree), tmp_path / "yolo", NEU_CLASSES)
+    (root / "labels" / "crazing_1.txt").write_text("6 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "crazing_2.txt").write_text("0 0.5 0.5 0.2\n")
+    (root / "labels" / "inclusion_1.txt").write_text("1 0.95 0.5 0.2 0.2\n")  # x2 = 1.05 * 200 = 210 px
+    index = read_detection(root, skip_bad=True)
+    reasons = {Path(f).name: why for f, why in index.skipped}
+    assert reasons["crazing_1.txt"] == "line 1: class index 6 is not one of 0..5 (6 names)"
+    assert reasons["crazing_2.txt"].startswith("line 1: expected 'class x_c y_c w h' (5 numbers)")
+    assert "line 1 (inclusion) [170, 80, 210, 120] lies outside the 200 x 200 image" in reasons["inclusion_1.txt"]
+    assert len(index.samples) == len(NEU_STEMS) - 3
+    (root / "classes.txt").unlink()
+    with pytest.raises(DataError, match="no class names for the YOLO labels"):
+        read_detection(root)
+
+
+def test_bad_coco_files_are_named(voc_tree, tmp_path):
+    voc = read_detection(voc_tree)
+    cat_ids = {c: i + 1 for i, c in enumerate(NEU_CLASSES)}
+    root = to_coco(voc, tmp_path / "coco", cat_ids, "instances_train.json", voc.samples[:6])
+    (root / "images" / voc.samples[0].path.name).unlink()
+    (root / "instances_val.json").write_text('{"images": [')
+    with pytest.raises(DataError) as err:
+        read_detection(root)
+    msg = str(err.value)
+    assert f"{root / 'instances_val.json'}: not a readable COCO file" in msg
+    assert f"{root / 'instances_train.json'}: image '{voc.samples[0].path.name}' (id 1): file not found" in msg
+    index = read_detection(root, skip_bad=True)
+    assert len(index.skipped) == 2 and len(index.samples) == 5 and index.classes == NEU_CLASSES
