@@ -62,35 +62,16 @@ def stratified_split(labels: Sequence[int], ratios: Sequence[float] = (0.8, 0.1,
 def assign_splits(index: DatasetIndex, ratios: Sequence[float], seed: int) -> list[str]:
     """Split ``index``: honour a pre-split tree, else :func:`stratified_split` over all samples.
 
-    See :func:`assign_splits_by_label`, which this calls with each sample's label and folder split.
-    """
-    return assign_splits_by_label([s.label for s in index.samples], [s.split for s in index.samples], ratios, seed)
-
-
-def assign_splits_by_label(
-    labels: Sequence[int], folder_splits: Sequence[str | None], ratios: Sequence[float], seed: int
-) -> list[str]:
-    """Honour the folders' own split when every item has one, else :func:`stratified_split` over all items.
-
     A tree with ``train/`` and ``test/`` but no ``val/`` gets its validation split carved
     (stratified) from ``train/``, in proportion ``ratios[1] / (ratios[0] + ratios[1])``.
-    Shared by classification (the sample's class) and detection (the image's dominant box class).
-
-    Args:
-        labels: class index per item (the stratification key).
-        folder_splits: the split each item's folder assigns (``train``/``val``/``test``), or None.
-        ratios, seed: see :func:`stratified_split`.
-
-    Returns:
-        The split name per item, same order as ``labels``.
     """
-    if not labels or any(s is None for s in folder_splits):
-        return stratified_split(labels, ratios, seed)
-    splits = list(folder_splits)
+    if not index.presplit:
+        return stratified_split([s.label for s in index.samples], ratios, seed)
+    splits = [s.split or "train" for s in index.samples]
     if "val" not in splits:
         train_idx = [i for i, s in enumerate(splits) if s == "train"]
         frac = ratios[1] / max(ratios[0] + ratios[1], 1e-9)
-        sub = stratified_split([labels[i] for i in train_idx], (1 - frac, frac, 0.0), seed)
+        sub = stratified_split([index.samples[i].label for i in train_idx], (1 - frac, frac, 0.0), seed)
         for i, s in zip(train_idx, sub):
             splits[i] = s
     return splits
