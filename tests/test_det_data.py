@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torchvision.ops import box_iou
 
 from conftest import NEU_CLASSES, data_root
 from defectlite.data.anchors import anchor_fit, kmeans_anchors, wh_iou
+from defectlite.data.det_augment import DetAugment, keep_boxes, mosaic
 from defectlite.data.detection import DetIndex, detect_det_format, read_detection
+from defectlite.data.transforms import to_uint8
 from defectlite.errors import ConfigError, DataError
 
 # two images per class plus scratches_108, whose XML holds 1 scratches and 3 inclusion boxes
@@ -330,3 +334,121 @@ def test_anchor_helpers_refuse_bad_input():
         kmeans_anchors(np.array([[3.0, 1.0], [1.0, 2.0], [3.0, 1.0]]), k=3)
     with pytest.raises(ConfigError, match="k >= 1"):
         kmeans_anchors(np.ones((4, 2)), k=0)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def painted(h: int, w: int, rects=((30, 40, 90, 70),)):
+    """A dark (20) uint8 image (1, h, w) with bright (230) rectangles, their boxes and labels 0, 1, ..."""
+    img = torch.full((1, h, w), 20, dtype=torch.uint8)
+    for x1, y1, x2, y2 in rects:
+        img[:, y1:y2, x1:x2] = 230
+    return img, torch.tensor(rects, dtype=torch.float32).reshape(-1, 4), torch.arange(len(rects))
+
+
+def bright_box(img: torch.Tensor) -> torch.Tensor:
+    """The bounding box (1, 4) of the pixels brighter than half-way between the image's min and max."""
+    lo, hi = float(img.min()), float(img.max())
+    ys, xs = torch.nonzero(img[0].float() > (lo + hi) / 2, as_tuple=True)
+    return torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+
+
+AUGMENTS = {
+    "hflip": {"hflip": 1.0, "vflip": 0.0},
+    "vflip": {"hflip": 0.0, "vflip": 1.0},
+    "rot90": {"hflip": 0.0, "vflip": 0.0, "rot90": 1.0},
+    "affine": {"hflip": 0.0, "vflip": 0.0, "scale": 0.4, "translate": 0.2},
+    "colour": {"hflip": 0.0, "vflip": 0.0, "brightness": 0.3, "contrast": 0.3},
+    "all": {"hflip": True, "vflip": True, "rot90": 0.5, "scale": 0.3, "translate": 0.1, "brightness": 0.2},
+}
+
+
+@pytest.mark.parametrize("size", [(120, 160), (128, 128)])
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_boxes_stay_on_the_painted_defect(name, size):
+    aug = DetAugment(**AUGMENTS[name])
+    torch.manual_seed(0)
+    for _ in range(8):
+        img, boxes, labels = aug(*painted(*size))
+        assert img.shape == (1, *size) and img.dtype == torch.uint8 and labels.tolist() == [0]
+        assert box_iou(boxes, bright_box(img)).item() > 0.9
+
+
+def test_augmentation_is_deterministic_under_the_torch_seed():
+    aug = DetAugment(**AUGMENTS["all"])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append([aug(*painted(128, 128)) for _ in range(4)])
+    for a, b in zip(*runs):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_flips_and_rot90_map_neu_boxes_exactly(tmp_path):
+    """On a real NEU-DET image: the pixels under each moved box are the original box's pixels, moved."""
+    (sample,) = read_detection(link_neu_det(tmp_path, ["scratches_108"])).samples
+    image = torch.tensor(to_uint8(sample.path, (sample.height, sample.width)))
+    ops = {  # transform -> what it does to a pixel block
+        "hflip": lambda x: x.flip(-1),
+        "vflip": lambda x: x.flip(-2),
+        **{f"rot{k * 90}": (lambda x, k=k: torch.rot90(x, k, (-2, -1))) for k in (1, 2, 3)},
+    }
+    seen = set()
+    torch.manual_seed(0)
+    for kw in [{"hflip": 1.0, "vflip": 0.0}, {"hflip": 0.0, "vflip": 1.0}] + [
+        {"hflip": 0.0, "vflip": 0.0, "rot90": 1.0}
+    ] * 12:
+        out, boxes, labels = DetAugment(**kw)(image, sample.boxes, sample.labels)
+        name = next(n for n, op in ops.items() if torch.equal(out, op(image)))
+        seen.add(name)
+        assert labels.tolist() == sample.labels.tolist()
+        for (a1, b1, a2, b2), (x1, y1, x2, y2) in zip(sample.boxes.astype(int), boxes.int().tolist()):
+            assert torch.equal(out[:, y1:y2, x1:x2], ops[name](image[:, b1:b2, a1:a2]))
+    assert seen == set(ops)  # 12 rotations drew each of 90, 180, 270 degrees
+
+
+def test_keep_boxes_clips_and_drops_degenerate_boxes():
+    boxes = torch.tensor([[0, 0, 10, 10], [-5, 0, 5, 10], [-9.5, 0, 0.5, 10], [20, 20, 21.5, 60], [80, 80, 120, 120.0]])
+    kept, labels = keep_boxes(
+        boxes, (boxes[:, 2:] - boxes[:, :2]).prod(1), torch.arange(5), (0, 0, 100, 100), DetAugment()
+    )
+    # kept: inside; half inside (50 % of its area); dropped: 5 % inside, 1.5 px wide; kept: a quarter inside
+    assert labels.tolist() == [0, 1, 4]
+    assert kept.tolist() == [[0, 0, 10, 10], [0, 0, 5, 10], [80, 80, 100, 100]]
+
+
+def test_mosaic_moves_each_tiles_box_with_it():
+    """Only tile q is painted, with the same generator state each time: its box must cover its bright pixels."""
+    rects = [
+        (70, 70, 110, 100),
+        (10, 75, 50, 120),
+        (60, 5, 120, 40),
+        (0, 0, 40, 30),
+    ]  # some always show, some get cut off
+    kept = 0
+    for seed in range(6):
+        for q in range(4):
+            for rect in rects:
+                tiles = [painted(128, 128, (rect,)) if j == q else painted(128, 128, ()) for j in range(4)]
+                tiles[q][2][:] = q
+                img, boxes, labels = mosaic(tiles, (128, 128), np.random.default_rng(seed))
+                assert img.shape == (1, 128, 128) and img.dtype == torch.uint8
+                bright = int((img > 125).sum())
+                if len(boxes):
+                    kept += 1
+                    assert labels.tolist() == [q] and box_iou(boxes, bright_box(img)).item() > 0.9
+                else:  # dropped: less than 10 % of the (scaled) rectangle showed
+                    area = (rect[2] - rect[0]) * (rect[3] - rect[1])
+                    assert bright < 0.1 * area + 2 * (rect[2] - rect[0] + rect[3] - rect[1])
+    assert 0 < kept < 96  # both cases happen
+
+
+def test_mosaic_and_options_are_checked():
+    with pytest.raises(DataError, match="mosaic needs 4 images, got 3"):
+        mosaic([painted(64, 64)] * 3, (64, 64), np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="hflip is a probability"):
+        DetAugment(hflip=2)
+    with pytest.raises(ConfigError, match=r"unknown detection augmentation option\(s\) \['mixup'\]"):
+        DetAugment.from_dict({"hflip": 0.5, "mixup": 0.1})
+    assert DetAugment(hflip=True, vflip=False).hflip == 0.5
