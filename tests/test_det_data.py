@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from torchvision.ops import box_iou
 from conftest import NEU_CLASSES, data_root
 from defectlite.data.anchors import anchor_fit, kmeans_anchors, wh_iou
 from defectlite.data.det_augment import DetAugment, keep_boxes, mosaic
+from defectlite.data.det_dataset import NEGATIVE_CLASS, DetDataset, collate, prepare_detection, read_det_splits
 from defectlite.data.detection import DetIndex, detect_det_format, read_detection
 from defectlite.data.transforms import to_uint8
 from defectlite.errors import ConfigError, DataError
@@ -452,3 +454,98 @@ def test_mosaic_and_options_are_checked():
     with pytest.raises(ConfigError, match=r"unknown detection augmentation option\(s\) \['mixup'\]"):
         DetAugment.from_dict({"hflip": 0.5, "mixup": 0.1})
     assert DetAugment(hflip=True, vflip=False).hflip == 0.5
+
+
+# ---------------------------------------------------------------- split, decoded arrays, Dataset, collate
+
+
+@pytest.fixture(scope="module")
+def det_tree(tmp_path_factory) -> Path:
+    """10 NEU-DET images per class, scratches_108 (mostly inclusion boxes) and one negative, VOC layout."""
+    root = link_neu_det(tmp_path_factory.mktemp("det"), [f"{c}_{n}" for c in NEU_CLASSES for n in range(1, 11)])
+    link_neu_det(root, ["scratches_108"])
+    edited_voc(root, "crazing_11", "crazing_900", lambda t: re.sub(r"<object>.*</object>", "", t, flags=re.S))
+    return root
+
+
+def test_prepare_detection_scales_boxes_and_writes_the_split(det_tree, tmp_path):
+    split_file = tmp_path / "run" / "splits.csv"
+    data = prepare_detection(det_tree, size=(100, 120), seed=1, splits_csv=split_file, progress=False)
+    index = read_detection(det_tree)
+    assert data.images.shape == (62, 1, 100, 120) and data.images.dtype == np.uint8 and data.classes == NEU_CLASSES
+    assert sum(data.counts().values()) == 62 and min(data.counts().values()) >= 5
+    orig = {s.path.relative_to(det_tree).as_posix(): s for s in index.samples}
+    for path, boxes, labels, size in zip(data.paths, data.boxes, data.box_labels, data.orig_sizes):
+        np.testing.assert_allclose(boxes, orig[path].boxes * [0.6, 0.5, 0.6, 0.5], rtol=1e-6)
+        assert labels.tolist() == orig[path].labels.tolist() and size == (200, 200)
+    with split_file.open() as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    assert list(next(iter(rows.values()))) == ["split", "label", "class", "path", "sha1"]
+    assert rows["images/scratches_108.jpg"]["class"] == "inclusion"  # dominant box class, not the file prefix
+    assert (rows["images/crazing_900.jpg"]["class"], rows["images/crazing_900.jpg"]["label"]) == (NEGATIVE_CLASS, "6")
+    again = prepare_detection(det_tree, size=(100, 120), seed=99, splits_csv=split_file, progress=False)
+    assert again.paths == data.paths and list(again.splits) == list(data.splits)
+    samples, digests = read_det_splits(split_file, index)
+    assert [s.split for s in samples] == list(data.splits) and all(len(d) == 40 for d in digests)
+    images, boxes, labels = data.det_subset("val")
+    assert len(images) == len(boxes) == len(labels) == data.counts()["val"]
+
+
+def test_a_split_file_naming_a_lost_annotation_is_refused(tmp_path):
+    root = link_neu_det(tmp_path / "voc", [f"{c}_{n}" for c in NEU_CLASSES for n in range(1, 6)])
+    split_file = tmp_path / "splits.csv"
+    prepare_detection(root, size=(32, 32), splits_csv=split_file, progress=False)
+    (root / "annotations" / "patches_3.xml").unlink()
+    with pytest.raises(
+        DataError, match="splits.csv: lists 1 image.* without a usable annotation now, e.g. .*patches_3.jpg"
+    ):
+        prepare_detection(root, size=(32, 32), splits_csv=split_file, skip_bad=True, progress=False)
+
+
+def test_leaks_across_folder_splits_are_found_and_dropped(voc_tree, tmp_path):
+    voc = read_detection(voc_tree)
+    root = to_yolo(
+        voc, tmp_path / "yolo", NEU_CLASSES, split_of=lambda s: "val" if s.path.stem.endswith("_2") else "train"
+    )
+    os.symlink(neu_det() / "images" / "crazing_1.jpg", root / "images" / "val" / "copy_of_crazing_1.jpg")
+    (root / "labels" / "val" / "copy_of_crazing_1.txt").write_text(
+        (root / "labels" / "train" / "crazing_1.txt").read_text()
+    )
+    data = prepare_detection(root, size=(64, 64), progress=False)
+    assert [(leak.path, leak.duplicate_of) for leak in data.leaks] == [
+        ("images/val/copy_of_crazing_1.jpg", "images/train/crazing_1.jpg")
+    ]
+    assert data.counts() == {"train": 7, "val": 7, "test": 0}  # the folders' split; no val carved from train
+    dropped = prepare_detection(root, size=(64, 64), drop_leaks=True, progress=False)
+    assert "images/val/copy_of_crazing_1.jpg" not in dropped.paths and dropped.counts()["val"] == 6
+
+
+def test_dataset_mosaic_and_collate(det_tree):
+    data = prepare_detection(det_tree, size=(96, 96), progress=False)
+    images, boxes, labels = data.det_subset("train")
+    plain = DetDataset(images, boxes, labels)
+    img, b, y = plain[0]
+    assert img.dtype == torch.uint8 and img.shape == (1, 96, 96) and torch.equal(img, torch.from_numpy(images[0]))
+    assert torch.equal(b, torch.from_numpy(boxes[0])) and y.dtype == torch.int64
+    ds = DetDataset(images, boxes, labels, DetAugment(hflip=0.5, scale=0.2, mosaic_prob=1.0))
+    assert ds.mosaic_prob == 1.0
+    torch.manual_seed(3)
+    first = [ds[i] for i in range(6)]
+    torch.manual_seed(3)
+    assert all(torch.equal(a[1], c[1]) and torch.equal(a[0], c[0]) for a, c in zip(first, (ds[i] for i in range(6))))
+    for img, b, y in first:
+        assert img.shape == (1, 96, 96) and len(b) == len(y) and y.dtype == torch.int64
+        assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 96).all() and (b[:, 2:] > b[:, :2]).all()
+    assert sum(len(b) for _, b, _ in first) > sum(len(b) for b in boxes[:6])  # 4 images' boxes per mosaic
+    ds.mosaic_prob = 0.0  # the last epochs
+    with pytest.raises(ConfigError, match="mosaic_prob must be in"):
+        ds.mosaic_prob = 1.5
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=collate)
+    batch_images, targets = next(iter(loader))
+    n_boxes = [len(b) for b in boxes[:5]]  # flips and a 20 % zoom keep NEU's large boxes
+    assert batch_images.shape == (5, 1, 96, 96) and batch_images.dtype == torch.uint8
+    assert targets.shape == (sum(n_boxes), 6) and targets.dtype == torch.float32
+    assert targets[:, 0].tolist() == [float(i) for i, n in enumerate(n_boxes) for _ in range(n)]
+    assert targets[:, 1].tolist() == [float(v) for y in labels[:5] for v in y]
+    assert collate([(img, torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64))])[1].shape == (0, 6)
