@@ -4,7 +4,8 @@ Layouts (``format``):
 
 - ``voc``: Pascal VOC XML, ``<root>/images/*.jpg`` + ``<root>/annotations/*.xml`` (NEU-DET) or
   ``<root>/JPEGImages/`` + ``<root>/Annotations/``, paired by file stem; the class of a box is its
-  ``<name>`` (in NEU-DET 188 boxes name another class than their file's prefix).
+  ``<name>`` (in NEU-DET 188 boxes name another class than their file's prefix). ``difficult`` and
+  ``truncated`` boxes are kept as ordinary boxes.
 - ``yolo``: ``<root>/images/`` + ``<root>/labels/`` with the same stems, one line
   ``class x_c y_c w h`` per box, normalised to [0, 1] by the image's width and height. Class names
   from ``data.yaml`` (``names:``, a list or a ``{index: name}`` map), ``classes.txt`` or ``obj.names``
@@ -18,9 +19,10 @@ Layouts (``format``):
 
 Coordinates: every box becomes ``x1, y1, x2, y2`` pixel corners in the image's own pixels,
 ``0 <= x1 < x2 <= W`` (a box covers the area between its corners, as in COCO). VOC's
-``xmin, ymin, xmax, ymax`` are taken as these corners unchanged: the VOC devkit means 1-based
-inclusive pixel indices (corners ``xmin - 1 .. xmax``), but NEU-DET uses them as corners (its
-``xmin`` is never 0 and its ``xmax`` reaches 200 = W), so no shift is applied. YOLO:
+``xmin, ymin, xmax, ymax`` are taken as these corners unchanged (the project's convention for
+NEU-DET). The VOC devkit means 1-based inclusive pixel indices, i.e. corners ``xmin - 1 .. xmax``;
+NEU-DET's values run from 1 to 200 = W, which fits that reading as well, so the choice moves
+``x1, y1`` by at most 1 px, under the precision of its hand-drawn boxes. YOLO:
 ``x1 = (x_c - w / 2) * W``; COCO: ``[x, y, x + w, y + h]``. A corner up to
 :data:`BOX_TOLERANCE_PX` outside the image is clipped to it (annotation tools round outward);
 farther out is an error. The image size is read from each image's header (no decoding) and
@@ -109,9 +111,9 @@ class DetIndex:
 
     def box_counts(self) -> dict[str, int]:
         """Boxes per class name."""
-        n = np.bincount(
-            np.concatenate([s.labels for s in self.samples] + [np.zeros(0, np.int64)]), minlength=len(self.classes)
-        )
+        n = np.zeros(len(self.classes), np.int64)
+        for s in self.samples:
+            n += np.bincount(s.labels, minlength=len(self.classes))
         return {c: int(v) for c, v in zip(self.classes, n)}
 
 
