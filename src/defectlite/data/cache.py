@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -95,7 +96,7 @@ def decode_images(
             info = json.loads(meta.read_text())
             out = DecodedImages(np.load(npy), info["kept"], info["digests"], [tuple(s) for s in info["skipped"]])
             if out.skipped and not skip_bad:
-                _raise_bad(out.skipped)
+                raise_bad_files(out.skipped)
             return out
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable image cache %s (%s)", npy, e)
@@ -111,7 +112,7 @@ def decode_images(
             kept.append(i)
             digests.append(digest)
     if skipped and not skip_bad:
-        _raise_bad(skipped)
+        raise_bad_files(skipped)
     h, w = int(size[0]), int(size[1])
     images = np.stack(arrays) if arrays else np.zeros((0, channels, h, w), np.uint8)
     if use_cache:
@@ -128,9 +129,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _raise_bad(skipped: Sequence[tuple[str, str]]) -> None:
+def raise_bad_files(skipped: Sequence[tuple[str, str]], what: str = "unreadable image(s)") -> NoReturn:
+    """Raise one DataError listing each (file, reason) of ``skipped`` (the first 20) and the ``--skip-bad`` hint.
+
+    Shared by the image decoder and the detection readers (``what`` names the kind of file).
+    """
     lines = [f"  {p}: {why}" for p, why in skipped[:20]]
     more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-    raise DataError(
-        f"{len(skipped)} unreadable image(s):\n" + "\n".join(lines) + more + "\n(use --skip-bad to leave them out)"
-    )
+    raise DataError(f"{len(skipped)} {what}:\n" + "\n".join(lines) + more + "\n(use --skip-bad to leave them out)")

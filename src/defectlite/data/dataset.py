@@ -108,7 +108,38 @@ def prepare(
         DataError: see the readers, :func:`defectlite.data.cache.decode_images` and
             :func:`defectlite.data.splits.read_splits_csv`.
     """
-    index: DatasetIndex = read_dataset(root, format)
+    return prepare_index(
+        read_dataset(root, format),
+        size=size,
+        channels=channels,
+        ratios=ratios,
+        seed=seed,
+        splits_csv=splits_csv,
+        drop_leaks=drop_leaks,
+        skip_bad=skip_bad,
+        train_fraction=train_fraction,
+        progress=progress,
+    )
+
+
+def prepare_index(
+    index: DatasetIndex,
+    *,
+    size: Sequence[int],
+    channels: int = 1,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    splits_csv: Path | None = None,
+    drop_leaks: bool = False,
+    skip_bad: bool = False,
+    train_fraction: float = 1.0,
+    progress: bool = True,
+) -> SplitData:
+    """:func:`prepare` on an index already read: split (or read back ``splits_csv``), decode, find leaks.
+
+    Shared with detection, which passes each image's dominant box class as its label
+    (:func:`defectlite.data.det_dataset.prepare_detection`). Arguments and errors: see :func:`prepare`.
+    """
     if splits_csv is not None and splits_csv.is_file():
         samples, _ = read_splits_csv(splits_csv, index.root, index.classes)
         split_of = [s.split for s in samples]
