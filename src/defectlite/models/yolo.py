@@ -16,10 +16,12 @@ and validation, :func:`defectlite.deploy.det_decode.decode`) to
 ``yolo_lite`` (our design, written from the published methods, no code taken from YOLOv5): a
 CSP backbone of YOLOv5's C3 stages, SPPF, a PAN neck (Liu et al. 2018, YOLOv4 paper §2.2.2 Fig. 7)
 and 1x1 output convs, all ``Conv2d + BatchNorm2d + LeakyReLU(0.1)``. LeakyReLU rather than SiLU:
-ONNX Runtime's CPU provider fuses Conv + BN + LeakyRelu into one ``FusedConv`` node, while SiLU
-exports as Sigmoid + Mul that stay separate element-wise passes. At the default width 0.25 /
+ONNX Runtime's CPU provider folds the BN and fuses the LeakyRelu into the conv node (FusedConv, or
+the NCHWc Conv at ORT_ENABLE_ALL: 57 of the 60 convs, all but the outputs), while SiLU exports as
+Sigmoid + Mul, which ORT turns into a separate element-wise node after every conv (57 QuickGelu
+nodes; ~3 % slower at 320 px, 1 thread, on our shared machine). At the default width 0.25 /
 depth 0.33 and 7 classes: 1,771,804 parameters, 0.31 G MACs at 256 px and 0.48 G MACs at 320 px
-(``defectlite.evaluate.profile``; about 57 of its 60 convs carry a LeakyRelu that ORT fuses).
+(``defectlite.evaluate.profile``).
 """
 
 from __future__ import annotations
