@@ -39,13 +39,16 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
 
 
 def _ignored_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers Torch-Pruning must leave alone: the classifier; attention gates whose Conv1d mixes
+    """Layers Torch-Pruning must leave alone: the output layers — those the model lists in its own
+    ``pruning_ignored_layers()`` if it has one (e.g. a detector's head convs, whose channels are the
+    anchor x (5 + K) layout), else the classifier; attention gates whose Conv1d mixes
     neighbouring channels (ECA), which no channel index mapping can follow; and the convs of timm's
     ``MixedConv2d`` (PDMSNet's 3/5/7 depthwise groups), which splits its input by stored group sizes
     that Torch-Pruning neither maps (its importance indices overrun the groups) nor updates."""
     from timm.layers import MixedConv2d
 
-    out = _classifier(model)
+    own = getattr(model, "pruning_ignored_layers", None)
+    out = list(own()) if callable(own) else _classifier(model)
     out += [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     out += [c for m in model.modules() if isinstance(m, MixedConv2d) for c in m.values()]
     return out

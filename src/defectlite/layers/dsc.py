@@ -13,14 +13,17 @@ class ConvBnAct(nn.Sequential):
     """act(BN(conv_kxk(x))): the "Conv3" layer of the casting paper's Table 2.
 
     Shapes: x (N, C_in, H, W) -> (N, C_out, ceil(H / stride), ceil(W / stride)).
-    Parameters: C_in * C_out * k * k + 2 * C_out.
+    Parameters: C_in * C_out * k * k + 2 * C_out. ``act`` defaults to ReLU (the YOLO blocks of
+    :mod:`defectlite.layers.csp` pass LeakyReLU, SiLU or Mish).
     """
 
-    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 3, stride: int = 1) -> None:
+    def __init__(
+        self, in_chans: int, out_chans: int, kernel_size: int = 3, stride: int = 1, act: nn.Module | None = None
+    ) -> None:
         super().__init__(
             nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, bias=False),
             nn.BatchNorm2d(out_chans),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=True) if act is None else act,
         )
 
 

@@ -23,7 +23,7 @@ class ModelInfo:
         input_size: (C, H, W) the model's paper uses (C is a default; ``in_chans`` overrides it).
         reparameterizable: the model has blocks with ``reparameterize()``.
         paper: short citation of the model's source.
-        task: what the model does: ``classify`` (logits (N, K)) or ``detect`` (raw head maps).
+        task: ``"classify"`` (logits (N, K)) or ``"detect"`` (a list of 3 raw head maps, see ``models/yolo.py``).
     """
 
     name: str
@@ -34,6 +34,7 @@ class ModelInfo:
     task: str = "classify"
 
 
+TASKS = ("classify", "detect")
 _MODELS: dict[str, ModelInfo] = {}
 
 
@@ -47,8 +48,11 @@ def register_model(
     """Decorator that registers a builder under its function name.
 
     Raises:
-        ValueError: the name is already registered (duplicate names are a programming error).
+        ValueError: the name is already registered, or ``task`` is not one of :data:`TASKS`
+            (both are programming errors).
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def wrap(fn: ModelFn) -> ModelFn:
         if fn.__name__ in _MODELS:
@@ -59,9 +63,13 @@ def register_model(
     return wrap
 
 
-def list_models() -> list[str]:
-    """Registered names, sorted (``timm:<name>`` models are not listed but can be built)."""
-    return sorted(_MODELS)
+def list_models(task: str | None = "classify") -> list[str]:
+    """Registered names of one task (``None``: every task), sorted.
+
+    The default keeps every caller written for classifiers (logits (N, K)) on classifiers;
+    ``timm:<name>`` models are not listed but can be built.
+    """
+    return sorted(n for n, info in _MODELS.items() if task is None or info.task == task)
 
 
 def model_info(name: str) -> ModelInfo:
