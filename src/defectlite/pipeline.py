@@ -81,6 +81,7 @@ def train_stage(
         progress=progress,
         device=cfg.device,
         on_epoch_end=hook,
+        save_period=cfg.save_period,
     )
 
 

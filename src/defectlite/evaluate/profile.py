@@ -160,13 +160,28 @@ def file_size_mb(path: str | Path) -> float:
     return round(Path(path).stat().st_size / 1e6, 4)
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the instruction sets that decide speed here (AVX2, AVX-512, AVX512-BF16, VNNI,
+    AMX), from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
+    return f"{name or platform.machine()} ({', '.join(shown) or 'no AVX2'})"
+
+
 def machine() -> dict[str, object]:
-    """Where a measurement was taken: CPU, cores, Python and library versions."""
+    """Where a measurement was taken: CPU (name and vector extensions), cores, Python and library versions."""
+    import os
+
     import onnxruntime as ort
 
     return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": torch.get_num_threads() if torch.get_num_threads() else None,
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,

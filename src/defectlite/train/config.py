@@ -157,6 +157,7 @@ class RecipeCfg:
     seed: Annotated[int, NonNegative] = 0  # split seed and training seed
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:<i>
     threads: Annotated[int, NonNegative] = 0  # PyTorch intra-op threads for training (0 = all cores)
+    save_period: Annotated[int, NonNegative] = 0  # > 0: also keep the validated weights of every N-th epoch
     data: DataCfg = field(default_factory=DataCfg)
     teacher: StageCfg | None = None  # None = no distillation
     student: StageCfg = field(default_factory=StageCfg)

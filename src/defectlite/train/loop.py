@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from defectlite.checkpoint import save_checkpoint
 from defectlite.errors import TrainingError
 from defectlite.train.averaging import WeightAverage
 from defectlite.train.config import OptimCfg
@@ -189,14 +190,18 @@ def commit_epoch(
     card: dict[str, Any],
     improved: bool,
     best_weights: dict[str, Tensor],
+    save_period: int = 0,
 ) -> dict[str, Tensor]:
-    """Write the finished epoch: ``metrics.csv``, then the stage state (the commit point), then ``best.*``.
+    """Write the finished epoch: ``metrics.csv``, then the stage state (the commit point), then ``best.*`` (and
+    ``epochs/epoch<k>.*``, the evaluated weights, every ``save_period`` epochs).
 
     Returns:
         The best weights (this epoch's evaluated weights when ``improved``).
     """
     if improved:
         best_weights = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+    if save_period and (state.epoch + 1) % save_period == 0:
+        save_checkpoint(out_dir / "epochs" / f"epoch{state.epoch:03d}", eval_model, {**card, **history[-1]})
     _write_history(out_dir / "metrics.csv", history)
     save_state(
         out_dir / "last.safetensors",
@@ -225,6 +230,7 @@ def fit(
     progress: bool = True,
     device: str = "auto",
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    save_period: int = 0,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` and keep the epoch with the best validation score (ties: the latest).
 
@@ -243,6 +249,8 @@ def fit(
         desc: stage name, for progress and errors.
         device: ``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda[:i]``.
         on_epoch_end: called as ``on_epoch_end(epoch, model)`` before each epoch is committed.
+        save_period: > 0 also keeps the evaluated weights of every N-th epoch in ``epochs/`` (analysis of the
+            selection; Ultralytics' ``save_period``).
 
     Raises:
         CheckpointError: a ``last`` state exists but does not fit ``model``.
@@ -289,7 +297,7 @@ def fit(
             on_epoch_end(epoch, model)
         best_weights = commit_epoch(out_dir, model=model, eval_model=eval_model, opt=opt, averager=averager,
                                     generator=generator, state=state, history=history, card=card,
-                                    improved=improved, best_weights=best_weights)  # fmt: skip
+                                    improved=improved, best_weights=best_weights, save_period=save_period)  # fmt: skip
         log.info(
             "%s epoch %d/%d: %s | %.1f s",
             desc,
