@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from defectlite.compress.prune import prune_channels, replay
 from torch import nn
 
 from defectlite.compress.layer_prune import prune_layers, residual_blocks
-from defectlite.compress.prune import prune_channels, replay
 from defectlite.deploy.det_decode import box_iou, decode, nms, postprocess
 from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.evaluate.profile import count_params

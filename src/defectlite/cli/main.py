@@ -55,7 +55,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``defectlite`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = ["defectlite", *argv]  # recorded in a run's run.json
     args.quiet, args.verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -174,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = args.out or Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
         print(f"run folder: {run_dir}")
-        report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=["defectlite", *sys.argv[1:]])
+        report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=args.argv)
     print_summary(report, Path(run_dir))
     return 0
 
