@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import socket
@@ -27,7 +28,9 @@ from PIL import Image
 from defectlite import Predictor
 from defectlite.checkpoint import load_checkpoint, save_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
+from defectlite.deploy.cpus import available_cpus, default_threads
 from defectlite.deploy.serve import create_app
+from defectlite.errors import ConfigError
 from test_explain import neu_images, tiny_run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -360,6 +363,62 @@ def test_micro_batcher_groups_and_splits_rows():
     for x, (rows, ms, size) in zip(xs, outs):
         assert np.array_equal(rows, x.reshape(len(x), -1) * 2) and ms >= 0 and size <= 4
     assert calls[:2] == [4, 4]  # 1+2+1 then 3+1: each call filled to max_batch, no request split
+
+
+def fake_cgroup(root: Path, files: dict[str, str], self_cgroup: str) -> tuple[Path, Path]:
+    """A cgroup tree under ``root`` (relative path -> content) and its /proc/self/cgroup listing."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text + "\n")
+    (root / "self_cgroup").write_text(self_cgroup)
+    return root / "fs", root / "self_cgroup"
+
+
+@pytest.mark.parametrize(
+    "files, self_cgroup, cpus",
+    [
+        ({"fs/cpu.max": "150000 100000"}, "0::/\n", 2),  # cgroup v2, docker --cpus 1.5: rounded up
+        ({"fs/cpu.max": "max 100000"}, "0::/\n", 64),  # v2 without a quota: the affinity mask
+        ({"fs/cpu,cpuacct/cpu.cfs_quota_us": "300000", "fs/cpu,cpuacct/cpu.cfs_period_us": "100000"}, "", 3),  # v1
+        ({"fs/cpu/cpu.cfs_quota_us": "-1", "fs/cpu/cpu.cfs_period_us": "100000"}, "", 64),  # v1, no quota
+        (  # v1 in docker: /proc/self/cgroup names the host's path, the container sees its own cgroup at the root
+            {"fs/cpu,cpuacct/cpu.cfs_quota_us": "400000", "fs/cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            "5:cpu,cpuacct:/docker/0123abcd\n4:memory:/docker/0123abcd\n",
+            4,
+        ),
+        (  # v2, a systemd unit with CPUQuota=100% under a slice with none
+            {"fs/system.slice/cam.service/cpu.max": "100000 100000", "fs/system.slice/cpu.max": "max 100000"},
+            "0::/system.slice/cam.service\n",
+            1,
+        ),
+        (  # v2: an ancestor's quota is tighter than the process's own
+            {"fs/cpu.max": "250000 100000", "fs/kubepods/pod1/cpu.max": "800000 100000"},
+            "0::/kubepods/pod1\n",
+            3,
+        ),
+        ({}, "0::/\n", 64),  # no cgroup files at all
+    ],
+)
+def test_cpus_come_from_the_cgroup_quota_and_affinity_not_the_host(tmp_path, monkeypatch, files, self_cgroup, cpus):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))  # a 64-core host
+    monkeypatch.delenv("DEFECTLITE_THREADS", raising=False)
+    root, listing = fake_cgroup(tmp_path, files, self_cgroup)
+    root.mkdir(exist_ok=True)
+    assert available_cpus(root, listing) == cpus
+    assert default_threads(1, root, listing) == max(1, cpus - 1)
+    assert default_threads(2, root, listing) == max(1, (cpus - 1) // 2)
+
+
+def test_threads_from_the_environment_and_the_affinity_mask(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 3, 5})  # taskset -c 0,3,5
+    monkeypatch.delenv("DEFECTLITE_THREADS", raising=False)
+    assert available_cpus(tmp_path, tmp_path / "none") == 3
+    assert default_threads(1, tmp_path, tmp_path / "none") == 2
+    monkeypatch.setenv("DEFECTLITE_THREADS", "5")
+    assert default_threads(2, tmp_path, tmp_path / "none") == 5  # per worker, as given
+    monkeypatch.setenv("DEFECTLITE_THREADS", "0")
+    with pytest.raises(ConfigError, match="DEFECTLITE_THREADS"):
+        default_threads()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")

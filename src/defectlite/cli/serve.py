@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
     p.add_argument(
-        "--threads", type=int, help="ONNX Runtime threads per worker (default: (cores - 1) / workers, at least 1)"
+        "--threads",
+        type=int,
+        help="ONNX Runtime threads per worker (default: $DEFECTLITE_THREADS, else (CPUs - 1) / workers, at least 1, "
+        "counting the CPUs of the affinity mask and the container's cgroup CPU quota, not the host's cores)",
     )
     p.add_argument(
         "--no-explain",
@@ -46,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from defectlite.deploy.cpus import default_threads
     from defectlite.deploy.predictor import resolve_model_path
-    from defectlite.deploy.serve import default_threads
     from defectlite.errors import ConfigError
 
     if args.workers < 1:

@@ -27,7 +27,6 @@ enforced while streaming and parsed there); no request names a file the server r
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from defectlite.checkpoint import resolve_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
+from defectlite.deploy.cpus import default_threads
 from defectlite.deploy.predictor import Predictor, softmax
 from defectlite.deploy.uploads import (
     FIELD,
@@ -136,9 +136,10 @@ def create_app(
         max_pixels: largest image (width x height, pixels), checked per request.
         max_files: most images in one request.
         max_queue: most images waiting for the model; beyond that requests get 503.
-        threads: ONNX Runtime intra-op threads (default: all cores but one, which is left to HTTP and
-            preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose spinning
-            starves the event loop).
+        threads: ONNX Runtime intra-op threads (default: :func:`~defectlite.deploy.cpus.default_threads`,
+            ``$DEFECTLITE_THREADS`` or the CPUs the process may use (affinity and cgroup quota) but one, which
+            is left to HTTP and preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose
+            spinning starves the event loop).
         explain: serve ``/v1/explain`` when the checkpoint is there. False skips loading it and PyTorch
             (about 0.7 GB less resident memory per worker; ``/v1/explain`` answers 501).
 
@@ -305,11 +306,6 @@ def create_app(
 
 
 INLINE_DECODE_BYTES = 256 * 1024  # uploads up to this size are decoded without a thread hop
-
-
-def default_threads(workers: int = 1) -> int:
-    """ONNX Runtime threads per worker process: the cores minus one (for HTTP), shared among workers; at least 1."""
-    return max(1, ((os.cpu_count() or 1) - 1) // workers)
 
 
 def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Response:
