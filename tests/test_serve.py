@@ -45,6 +45,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LIMITS = {"max_batch": 16, "max_wait_ms": 25.0, "max_upload_mb": 1.0, "max_pixels": 1_000_000, "max_files": 8}
+LIMITS |= {"max_request_pixels": 3_000_000}
 
 
 @contextlib.contextmanager
@@ -85,6 +86,15 @@ def server(run_dir):
 @pytest.fixture(scope="module")
 def client(server):
     with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def app_client(run_dir):
+    """The app in this thread through Starlette's TestClient (no sockets; app.state reachable), without Grad-CAM."""
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(run_dir / "model.onnx", threads=1, explain=False, **LIMITS)) as c:
         yield c
 
 
@@ -182,6 +192,22 @@ def test_pixel_limit_is_per_request_not_pils_global(client, images):
     assert_error(client.post("/v1/explain", files=upload(png_header(40_000, 40_000))), 413, "image_too_large")
     assert client.post("/v1/predict", files=upload(png(1000, 1000))).status_code == 200  # at the limit: fine
     assert Image.MAX_IMAGE_PIXELS == pil_default
+    assert_still_serving(client, images[0])
+
+
+def test_request_pixel_limit_is_checked_before_any_decoding(app_client, client, images, monkeypatch):
+    decoded = []
+    predictor = app_client.app.state.predictor
+    real_preprocess = predictor.preprocess
+    monkeypatch.setattr(predictor, "preprocess", lambda *a, **k: decoded.append(1) or real_preprocess(*a, **k))
+    four = [png(1000, 1000)] * 4  # each at the per-image limit, 4 M together: above the 3 M of the request
+    body = assert_error(app_client.post("/v1/predict", files=upload(*four)), 413, "too_many_pixels")
+    assert "4,000,000 pixels in all" in body["detail"] and "3,000,000" in body["detail"]
+    assert "max_request_pixels" in body["detail"]
+    assert [f["detail"] for f in body["files"]] == ["1,000,000 pixels"] * 4 and decoded == []
+    assert app_client.get("/v1/model").json()["limits"]["max_request_pixels"] == 3_000_000
+    assert app_client.post("/v1/predict", files=upload(*four[:3])).status_code == 200 and len(decoded) == 3
+    assert_error(client.post("/v1/predict", files=upload(*four)), 413, "too_many_pixels")  # over HTTP too
     assert_still_serving(client, images[0])
 
 

@@ -17,8 +17,9 @@ thread, so the event loop never blocks.
 
 Every bad input gets a JSON error ``{"error": code, "detail": message, "files": [...]}`` with a 4xx
 status, and the server goes on serving: 413 for a body above ``max_upload_mb``, more than
-``max_files`` images or an image above ``max_pixels`` (checked from the image header for each
-request before decoding, whatever PIL's global limit is); 415 for a body that is not
+``max_files`` images, an image above ``max_pixels`` or images above ``max_request_pixels`` together
+(both checked from the image headers before any image of the request is decoded, whatever PIL's
+global limit is); 415 for a body that is not
 multipart/form-data; 422 for a missing ``files`` field, a non-image or a truncated image; 503 when
 more than ``max_queue`` images wait. Uploads stay in memory (the body is read with its limit
 enforced while streaming and parsed there); no request names a file the server reads or writes.
@@ -49,10 +50,11 @@ from defectlite.deploy.uploads import (
     MULTIPART_SCHEMA,
     ApiError,
     Part,
-    check_pixels,
+    check_request_pixels,
     file_error,
     image_parts,
     parse_multipart,
+    part_name,
     read_body,
 )
 from defectlite.errors import CheckpointError, ConfigError, DataError, missing_train_extra
@@ -117,6 +119,7 @@ def create_app(
     max_wait_ms: float = 1.0,
     max_upload_mb: float = 8.0,
     max_pixels: int = 40_000_000,
+    max_request_pixels: int = 100_000_000,
     max_files: int = 32,
     max_queue: int = 1024,
     threads: int | None = None,
@@ -133,7 +136,10 @@ def create_app(
             add latency.
         max_wait_ms: how long the first queued request waits for others to fill a batch (ms).
         max_upload_mb: largest request body (MB, 10^6 bytes).
-        max_pixels: largest image (width x height, pixels), checked per request.
+        max_pixels: largest image (width x height, pixels), checked from its header before decoding.
+        max_request_pixels: most pixels of all the images of one request together, checked from their
+            headers before any is decoded. Default 100 M: at about 5 ns per pixel, at most ~0.5 s of one
+            core's decoding per request (e.g. 20 camera frames of 5 megapixels, or two images at ``max_pixels``).
         max_files: most images in one request.
         max_queue: most images waiting for the model; beyond that requests get 503.
         threads: ONNX Runtime intra-op threads (default: :func:`~defectlite.deploy.cpus.default_threads`,
@@ -148,7 +154,7 @@ def create_app(
         ConfigError: a limit that is not positive.
     """
     limits = {"max_batch": max_batch, "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
-    limits |= {"max_files": max_files, "max_queue": max_queue}
+    limits |= {"max_request_pixels": max_request_pixels, "max_files": max_files, "max_queue": max_queue}
     bad = {k: v for k, v in limits.items() if not v > 0}
     if bad or max_wait_ms < 0:
         raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
@@ -202,14 +208,14 @@ def create_app(
         return parts, image_parts(parts, max_files)
 
     def preprocess(files: list[Part]) -> np.ndarray:
-        """Pixel check and the Predictor's preprocessing of every image -> float32 (N, C, H, W)."""
+        """Pixel checks (all images, from their headers), then the Predictor's preprocessing of every image
+        -> float32 (N, C, H, W)."""
+        check_request_pixels(files, max_pixels, max_request_pixels)
         out, errors = [], []
         for i, f in enumerate(files):
-            name = f.filename or f"#{i}"
             try:
-                check_pixels(f.data, name, max_pixels)
-                out.append(predictor.preprocess([f.data], [name]))
-            except (ApiError, DataError) as e:
+                out.append(predictor.preprocess([f.data], [part_name(f, i)]))
+            except DataError as e:
                 errors.append((i, e))
         if errors:
             raise file_error(files, errors)
@@ -260,7 +266,8 @@ def create_app(
         target = next((p.data.decode("utf-8", "replace") for p in parts if p.name == "class"), None) or None
         if target is not None and target not in explainer.classes:
             raise ApiError(422, "unknown_class", f"unknown class {target!r}; the model knows {explainer.classes}")
-        png, expl = await run_in_threadpool(_explain_png, explainer, files[0], target, max_pixels)
+        check_request_pixels(files, max_pixels, max_request_pixels)
+        png, expl = await run_in_threadpool(_explain_png, explainer, files[0], target)
         headers = {
             "X-Defectlite-Class": quote(expl.label),
             "X-Defectlite-Probability": f"{expl.probability:.6f}",
@@ -315,14 +322,12 @@ def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Respons
     return Response(data, media_type=media_type)
 
 
-def _explain_png(explainer: Any, part: Part, target: str | None, max_pixels: int) -> tuple[bytes, Any]:
-    """Grad-CAM PNG of one uploaded image (runs in a worker thread)."""
+def _explain_png(explainer: Any, part: Part, target: str | None) -> tuple[bytes, Any]:
+    """Grad-CAM PNG of one uploaded image whose pixels were checked (runs in a worker thread)."""
     from defectlite.evaluate.explain import overlay, png_bytes
 
-    name = part.filename or "#0"
     try:
-        check_pixels(part.data, name, max_pixels)
-        expl = explainer.explain(part.data, target, name)
-    except (ApiError, DataError) as e:
+        expl = explainer.explain(part.data, target, part_name(part, 0))
+    except DataError as e:
         raise file_error([part], [(0, e)]) from None
     return png_bytes(overlay(expl)), expl

@@ -1,4 +1,4 @@
-"""Reading uploads for the inspection service: body size limit, in-memory multipart parsing, pixel limit.
+"""Reading uploads for the inspection service: body size limit, in-memory multipart parsing, pixel limits.
 
 Everything here turns a bad upload into an :class:`ApiError` (a JSON 4xx answer); nothing touches
 the file system: the body is read into memory with its limit enforced while it streams in, and
@@ -169,10 +169,12 @@ def image_parts(parts: list[Part], max_files: int) -> list[Part]:
     return files
 
 
-def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+def check_pixels(data: bytes, name: str, max_pixels: int) -> int:
     """Refuse an image whose header announces more than ``max_pixels`` pixels, before decoding it.
 
-    Bytes PIL cannot identify pass through (the Predictor reports them as not an image).
+    Returns:
+        the pixels (width x height) the header announces; 0 for bytes PIL cannot identify (they pass
+        through: the Predictor reports them as not an image).
 
     Raises:
         ApiError: 413 too many pixels (a decompression bomb, or simply too large).
@@ -183,14 +185,50 @@ def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
     except Image.DecompressionBombError as e:
         raise ApiError(413, "image_too_large", f"{name}: image too large ({e})") from None
     except Exception:  # not an image or corrupt header: the Predictor's decode names the problem
-        return
+        return 0
     if w * h > max_pixels:
         raise ApiError(413, "image_too_large", f"{name}: {w} x {h} pixels, above the limit of {max_pixels:,}")
+    return w * h
+
+
+def check_request_pixels(files: list[Part], max_pixels: int, max_request_pixels: int) -> None:
+    """Refuse a request whose images announce more than ``max_pixels`` pixels each or ``max_request_pixels``
+    together, from their headers (about 15 us per image), before any of them is decoded.
+
+    Decoding costs about 5 ns of CPU per pixel (PNG or JPEG, one core): the per-request limit bounds
+    the decoding work one request can ask for, which the per-image limit alone does not (32 images of
+    36 megapixels, a 1.5 MB body of PNGs, are 4.7 s of CPU).
+
+    Raises:
+        ApiError: 413 ``image_too_large`` naming each image above ``max_pixels``; 413 ``too_many_pixels``
+            listing every image's pixels when their sum is above ``max_request_pixels``.
+    """
+    pixels, errors = [], []
+    for i, f in enumerate(files):
+        try:
+            pixels.append(check_pixels(f.data, part_name(f, i), max_pixels))
+        except ApiError as e:
+            errors.append((i, e))
+    if errors:
+        raise file_error(files, errors)
+    if sum(pixels) > max_request_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"{len(files)} image(s) of {sum(pixels):,} pixels in all, above the limit of {max_request_pixels:,} "
+            "pixels per request (max_request_pixels): send fewer or smaller images per request",
+            [{"file": part_name(f, i), "detail": f"{p:,} pixels"} for i, (f, p) in enumerate(zip(files, pixels))],
+        )
+
+
+def part_name(part: Part, index: int) -> str:
+    """How errors call an uploaded image: its file name, or ``#index`` without one."""
+    return part.filename or f"#{index}"
 
 
 def file_error(parts: list[Part], errors: list[tuple[int, Exception]]) -> ApiError:
     """One ApiError for the images that failed (413 when any is too large, else 422)."""
-    files = [{"file": parts[i].filename or f"#{i}", "detail": str(e)} for i, e in errors]
+    files = [{"file": part_name(parts[i], i), "detail": str(e)} for i, e in errors]
     too_large = any(isinstance(e, ApiError) and e.status == 413 for _, e in errors)
     status, code = (413, "image_too_large") if too_large else (422, "bad_image")
     names = ", ".join(f["file"] for f in files)
