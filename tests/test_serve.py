@@ -4,11 +4,13 @@ headless Chromium (Playwright); the model is the tiny EG-RepVGG trained once per
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import struct
@@ -29,6 +31,7 @@ from defectlite import Predictor
 from defectlite.checkpoint import load_checkpoint, save_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.cpus import available_cpus, default_threads
+from defectlite.deploy.deadlines import DeadlineProtocol, H11DeadlineProtocol
 from defectlite.deploy.serve import create_app
 from defectlite.errors import ConfigError
 from test_explain import neu_images, tiny_run
@@ -49,14 +52,15 @@ LIMITS |= {"max_request_pixels": 3_000_000}
 
 
 @contextlib.contextmanager
-def live_server(app):
-    """Run ``app`` with uvicorn in a thread on a free loopback port; yield its base URL."""
+def live_server(app, http: type = DeadlineProtocol):
+    """Run ``app`` with uvicorn (and the HTTP protocol ``defectlite serve`` uses) in a thread on a free
+    loopback port; yield its base URL."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -231,6 +235,80 @@ def test_upload_limits_and_malformed_requests(client, server, images):
     assert_still_serving(client, images[0])
 
 
+def trickle(
+    url: str, first: bytes, then: bytes = b"", gap_s: float = 0.1, give_up_s: float = 8.0
+) -> tuple[float, bytes]:
+    """Over a raw socket, send ``first``, then ``then`` one byte every ``gap_s`` seconds, until the server closes
+    the connection. Returns (seconds from connecting to the close, inf if it stayed open; all the server sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    got, i = b"", 0
+    with socket.create_connection((host, int(port))) as s:
+        t0 = time.monotonic()
+        s.sendall(first)
+        while time.monotonic() - t0 < give_up_s:
+            try:
+                if select.select([s], [], [], gap_s)[0]:
+                    data = s.recv(65536)
+                    if not data:
+                        return time.monotonic() - t0, got
+                    got += data
+                elif i < len(then):
+                    s.sendall(then[i : i + 1])
+                    i += 1
+            except OSError:  # reset by the server
+                return time.monotonic() - t0, got
+    return float("inf"), got
+
+
+def answer(raw: bytes) -> tuple[int, dict]:
+    """(status, JSON body or {}) of a raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    is_json = b"application/json" in head.lower()
+    return int(head.split()[1]), json.loads(body) if is_json else {}
+
+
+HEAD = b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+SLOW = {"header_timeout_s": 1.0, "body_timeout_s": 2.0, "body_idle_timeout_s": 0.7}
+SLOW_CLIENTS = {  # name -> (first bytes, then one byte per 0.1 s, closed after (s), statuses, error code)
+    "silent": (b"", b"", 1.0, {408}, "header_timeout"),
+    "head trickle": (HEAD, b"X-Slow: " + b"x" * 100, 1.0, {408}, "header_timeout"),
+    "body trickle": (HEAD + b"Content-Length: 5000\r\n\r\n", b"-" * 100, 2.0, {408}, "body_timeout"),
+    "body stall": (HEAD + b"Content-Length: 5000\r\n\r\n--b", b"", 0.7, {408}, "body_timeout"),
+    "unread body": (
+        b"POST /v1/model HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+        b"-" * 100,
+        2.0,
+        {405},
+        None,
+    ),
+    "huge head": (HEAD + b"X-Big: " + b"x" * 20_000, b"", 0.0, {431, 400}, None),  # 400: h11's own 16 KiB limit
+}
+
+
+@pytest.mark.parametrize("http", sorted({DeadlineProtocol, H11DeadlineProtocol}, key=lambda c: c.__name__))
+def test_slow_clients_are_timed_out_while_others_are_served(run_dir, images, http):
+    app = create_app(run_dir / "model.onnx", threads=1, explain=False, **LIMITS | SLOW)
+    with live_server(app, http=http) as url, httpx.Client(base_url=url, timeout=10) as client:
+        with concurrent.futures.ThreadPoolExecutor(len(SLOW_CLIENTS)) as pool:
+            futures = {k: pool.submit(trickle, url, *v[:2]) for k, v in SLOW_CLIENTS.items()}
+            served = []
+            while not all(f.done() for f in futures.values()):  # a normal client all along
+                t0 = time.monotonic()
+                assert client.post("/v1/predict", files=upload(images[0])).status_code == 200
+                served.append(time.monotonic() - t0)
+        for name, (_, _, after_s, statuses, code) in SLOW_CLIENTS.items():
+            closed_s, raw = futures[name].result()
+            assert after_s - 0.1 <= closed_s <= after_s + 1.5, (name, closed_s)
+            status, body = answer(raw)
+            assert status in statuses, (name, raw[:300])
+            if code is not None:
+                assert body["error"] == code and body["detail"], (name, body)
+        assert len(served) >= 5 and max(served) < 1.0  # one image on an idle model takes ~10 ms
+        assert "body_idle_timeout_s" in answer(futures["body stall"].result()[1])[1]["detail"]
+        assert "body_timeout_s" in answer(futures["body trickle"].result()[1])[1]["detail"]
+        assert client.get("/v1/model").json()["limits"]["header_timeout_s"] == 1.0
+
+
 def test_no_request_chooses_a_path(client, server, images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = f"../../{tmp_path.name}/written.jpg"
@@ -346,6 +424,7 @@ def test_serve_command_runs_uvicorn(run_dir, images):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "defectlite.cli.main", "serve", str(run_dir), "--port", str(port), "--max-batch", "4"]
+    cmd += ["--max-request-pixels", "5000000", "--header-timeout", "1", "--body-timeout", "30"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -358,7 +437,11 @@ def test_serve_command_runs_uvicorn(run_dir, images):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "defectlite serve did not come up"
             time.sleep(0.2)
-        assert httpx.get(url + "/v1/model").json()["limits"]["max_batch"] == 4
+        limits = httpx.get(url + "/v1/model").json()["limits"]
+        assert limits["max_batch"] == 4 and limits["max_request_pixels"] == 5_000_000
+        assert (limits["header_timeout_s"], limits["body_timeout_s"]) == (1.0, 30.0)
+        closed_s, raw = trickle(url, b"GET /healthz HTTP/1.1\r\n")  # uvicorn runs the head deadline protocol
+        assert closed_s < 2.5 and answer(raw)[0] == 408
         assert httpx.post(url + "/v1/predict", files=upload(images[0])).status_code == 200
     finally:
         proc.terminate()

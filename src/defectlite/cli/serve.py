@@ -33,6 +33,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checked from the image headers before decoding, 413 above",
     )
     p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds for a request head to arrive (from the connection or the next request's first byte); "
+        "else 408 and close (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds for the whole request body to arrive; else 408 and close (default 60)",
+    )
+    p.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="longest silence in seconds while a request body streams in; else 408 and close (default 10)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         help="ONNX Runtime threads per worker (default: $DEFECTLITE_THREADS, else (CPUs - 1) / workers, at least 1, "
@@ -70,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         "max_upload_mb": args.max_upload_mb,
         "max_pixels": args.max_pixels,
         "max_request_pixels": args.max_request_pixels,
+        "header_timeout_s": args.header_timeout,
+        "body_timeout_s": args.body_timeout,
+        "body_idle_timeout_s": args.body_idle_timeout,
         "threads": threads,
         "explain": args.explain,
     }
@@ -89,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(
         "defectlite.cli.serve:app_from_env",
         factory=True,
+        http=HTTP_PROTOCOL,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -98,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 ENV_MODEL, ENV_OPTIONS = "DEFECTLITE_SERVE_MODEL", "DEFECTLITE_SERVE_OPTIONS"
+HTTP_PROTOCOL = "defectlite.deploy.deadlines:DeadlineProtocol"  # uvicorn's own, plus the request head deadline
 
 
 def app_from_env():

@@ -15,6 +15,11 @@ Grad-CAM, in :mod:`defectlite.evaluate.explain`). Concurrent requests are micro-
 (:class:`~defectlite.deploy.batching.MicroBatcher`) into one ONNX Runtime call run in a worker
 thread, so the event loop never blocks.
 
+Slow clients are timed out (:mod:`defectlite.deploy.deadlines`): a request head must arrive within
+``header_timeout_s``, a body within ``body_timeout_s`` with no silence above ``body_idle_timeout_s``
+(408 JSON and the connection closed); uvicorn's own ``timeout_keep_alive`` closes idle keep-alive
+connections.
+
 Every bad input gets a JSON error ``{"error": code, "detail": message, "files": [...]}`` with a 4xx
 status, and the server goes on serving: 413 for a body above ``max_upload_mb``, more than
 ``max_files`` images, an image above ``max_pixels`` or images above ``max_request_pixels`` together
@@ -44,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from defectlite.checkpoint import resolve_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.cpus import default_threads
+from defectlite.deploy.deadlines import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, STATE_KEY
 from defectlite.deploy.predictor import Predictor, softmax
 from defectlite.deploy.uploads import (
     FIELD,
@@ -122,6 +128,9 @@ def create_app(
     max_request_pixels: int = 100_000_000,
     max_files: int = 32,
     max_queue: int = 1024,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    body_idle_timeout_s: float = 10.0,
     threads: int | None = None,
     explain: bool = True,
 ) -> FastAPI:
@@ -142,6 +151,14 @@ def create_app(
             core's decoding per request (e.g. 20 camera frames of 5 megapixels, or two images at ``max_pixels``).
         max_files: most images in one request.
         max_queue: most images waiting for the model; beyond that requests get 503.
+        header_timeout_s: the request head (request line and headers) must arrive within this many seconds
+            of the connection, or of the first byte of the next request on a keep-alive connection; else 408
+            and the connection is closed. Enforced only when uvicorn runs
+            :data:`~defectlite.deploy.deadlines.DeadlineProtocol` (``defectlite serve`` does), which reads it from
+            the app's lifespan state.
+        body_timeout_s: the whole request body must arrive within this many seconds of its head; else 408
+            and close. Default 60: 8 MB at about 1 Mbit/s.
+        body_idle_timeout_s: longest silence while the body streams in (seconds); else 408 and close.
         threads: ONNX Runtime intra-op threads (default: :func:`~defectlite.deploy.cpus.default_threads`,
             ``$DEFECTLITE_THREADS`` or the CPUs the process may use (affinity and cgroup quota) but one, which
             is left to HTTP and preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose
@@ -155,6 +172,8 @@ def create_app(
     """
     limits = {"max_batch": max_batch, "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
     limits |= {"max_request_pixels": max_request_pixels, "max_files": max_files, "max_queue": max_queue}
+    timeouts = {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s}
+    limits |= timeouts | {"body_idle_timeout_s": body_idle_timeout_s}
     bad = {k: v for k, v in limits.items() if not v > 0}
     if bad or max_wait_ms < 0:
         raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
@@ -171,7 +190,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         batcher.start()
-        yield
+        yield {STATE_KEY: timeouts}  # read by the uvicorn protocol of each connection (deadlines.py)
         await batcher.stop()
 
     app = FastAPIOffline(  # FastAPI whose /docs and /redoc load no CDN
@@ -200,7 +219,8 @@ def create_app(
         return ApiError(500, "internal_error", f"internal error ({type(exc).__name__})").response()
 
     async def read_images(request: Request) -> tuple[list[Part], list[Part]]:
-        body, ctype = await read_body(request, upload_bytes), request.headers.get("content-type")
+        body = await read_body(request, upload_bytes, body_timeout_s, body_idle_timeout_s)
+        ctype = request.headers.get("content-type")
         # about 3 ms per MB: large bodies are parsed off the event loop, small ones (~0.1 ms) on it
         parts = (
             await run_in_threadpool(parse_multipart, body, ctype) if len(body) > 2**20 else parse_multipart(body, ctype)

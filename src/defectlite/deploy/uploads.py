@@ -7,7 +7,10 @@ parsed there with python-multipart's parser (file names in the upload are only e
 
 from __future__ import annotations
 
+import asyncio
 import io
+import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +45,18 @@ MULTIPART_SCHEMA = {  # /v1/predict and /v1/explain read the body themselves; th
 class ApiError(Exception):
     """An HTTP error answered as JSON ``{"error": code, "detail": message, "files": [...]}``."""
 
-    def __init__(self, status: int, code: str, detail: str, files: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, files: list[dict[str, str]] | None = None, *, close: bool = False
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.files = status, code, detail, files or []
+        self.close = close  # answer with Connection: close (the rest of the request will not be read)
 
     def response(self) -> JSONResponse:
         body: dict[str, Any] = {"error": self.code, "detail": self.detail}
         if self.files:
             body["files"] = self.files
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers={"connection": "close"} if self.close else None)
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,22 @@ class Part:
     data: bytes
 
 
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The request body, at most ``limit_bytes`` bytes, counted while it streams in.
+async def read_body(
+    request: Request, limit_bytes: int, timeout_s: float = math.inf, idle_timeout_s: float = math.inf
+) -> bytes:
+    """The request body, at most ``limit_bytes`` bytes, counted while it streams in, within ``timeout_s``.
 
     A body above the limit is read on (and dropped) up to 4 x the limit so that the client can
     read the 413 answer before the connection closes; a declared Content-Length beyond that is
     refused at once.
 
+    Args:
+        timeout_s: the whole body must arrive within this many seconds of the call (a total deadline).
+        idle_timeout_s: longest wait for the next chunk of the body (seconds).
+
     Raises:
-        ApiError: 413 too large; 400 malformed Content-Length or body cut short by the client.
+        ApiError: 413 too large; 408 too slow (with Connection: close); 400 malformed Content-Length
+            or body cut short by the client.
     """
     declared = request.headers.get("content-length")
     try:
@@ -81,7 +94,7 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
         raise _too_large(limit_bytes)
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _timed_stream(request, timeout_s, idle_timeout_s):
             size += len(chunk)
             if size > 4 * limit_bytes:
                 break
@@ -92,6 +105,37 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     if size > limit_bytes:
         raise _too_large(limit_bytes)
     return b"".join(chunks)
+
+
+async def _timed_stream(request: Request, timeout_s: float, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The chunks of the body as the ASGI server hands them over, each awaited with ``asyncio.wait_for``
+    for at most the idle timeout and what is left of the total deadline (seconds).
+
+    Raises:
+        ApiError: 408 ``body_timeout``.
+        ClientDisconnect: the client went away.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        left_s = deadline - loop.time()
+        wait_s = min(idle_timeout_s, left_s)
+        try:
+            if wait_s <= 0:
+                raise asyncio.TimeoutError
+            message = await asyncio.wait_for(request.receive(), None if math.isinf(wait_s) else wait_s)
+        except asyncio.TimeoutError:  # cancelling uvicorn's receive() loses no data: it waits on an event
+            if left_s <= idle_timeout_s:
+                detail = f"the request body did not arrive within {timeout_s:g} s (body_timeout_s)"
+            else:
+                detail = f"no byte of the request body for {idle_timeout_s:g} s (body_idle_timeout_s)"
+            raise ApiError(408, "body_timeout", detail, close=True) from None
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(limit_bytes: int) -> ApiError:
