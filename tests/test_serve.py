@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from defectlite import Predictor
@@ -213,6 +215,61 @@ def test_request_pixel_limit_is_checked_before_any_decoding(app_client, client, 
     assert app_client.post("/v1/predict", files=upload(*four[:3])).status_code == 200 and len(decoded) == 3
     assert_error(client.post("/v1/predict", files=upload(*four)), 413, "too_many_pixels")  # over HTTP too
     assert_still_serving(client, images[0])
+
+
+FUZZ_EXAMPLES = int(os.environ.get("DEFECTLITE_FUZZ_EXAMPLES", "60"))  # e.g. 5000 for a long run (~1 min)
+MUTATION = st.tuples(
+    st.sampled_from(["flip", "insert", "delete", "truncate"]),
+    st.one_of(st.integers(0, 300), st.integers(0, 2**20)),  # where (mod the length): often in the header
+    st.binary(min_size=1, max_size=16),
+)
+
+
+@pytest.fixture(scope="module")
+def seeds(images) -> dict[str, bytes]:
+    """A real NEU image as JPEG (as shot), PNG and LZW-compressed TIFF."""
+    out = {"JPEG": images[0].read_bytes()}
+    with Image.open(images[0]) as img:
+        for fmt, opts in (("PNG", {}), ("TIFF", {"compression": "tiff_lzw"})):
+            buf = io.BytesIO()
+            img.save(buf, format=fmt, **opts)
+            out[fmt] = buf.getvalue()
+    return out
+
+
+def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for op, where, chunk in mutations:
+        i = where % (len(out) + 1)
+        if op == "flip":
+            out[i : i + len(chunk)] = bytes(a ^ b for a, b in zip(out[i : i + len(chunk)], chunk))
+        elif op == "insert":
+            out[i:i] = chunk
+        elif op == "delete":
+            del out[i : i + len(chunk)]
+        else:
+            del out[i:]
+    return bytes(out)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's warnings about corrupt TIFF tags
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True)
+@given(
+    fmt=st.sampled_from(["JPEG", "PNG", "TIFF"]),
+    mutations=st.lists(MUTATION, min_size=1, max_size=6),
+    with_good=st.booleans(),
+)
+def test_fuzzed_images_get_200_or_a_4xx_json_error(app_client, seeds, fmt, mutations, with_good):
+    """Mutated JPEG / PNG / TIFF bytes: never a 500 or an exception (the TestClient re-raises those)."""
+    files = upload(mutate(seeds[fmt], mutations), *([seeds["PNG"]] if with_good else []))
+    resp = app_client.post("/v1/predict", files=files)
+    if resp.status_code == 200:
+        assert len(resp.json()["results"]) == len(files)
+        return
+    assert 400 <= resp.status_code < 500 and resp.headers["content-type"] == "application/json", resp.text
+    body = resp.json()
+    assert set(body) <= {"error", "detail", "files"} and body["error"] and body["detail"]
+    assert all(set(f) == {"file", "detail"} and f["detail"] for f in body.get("files", []))
 
 
 def test_upload_limits_and_malformed_requests(client, server, images):
