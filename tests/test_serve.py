@@ -661,3 +661,10 @@ def test_load_script_client_counts_answers(server, images):
     bad = [("x.jpg", serve_load.multipart_request("/v1/predict", "x.jpg", b"not an image"))]
     res = asyncio.run(serve_load.run_level(port, bad, clients=2, n=4))
     assert (res["ok"], res["errors"], res["lost"]) == (0, 4, 0)
+
+    async def costly_once():
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_soon(stop.set)  # one turn of each upload
+        return await serve_load.costly_client(port, serve_load.costly_uploads(), stop)
+
+    assert asyncio.run(costly_once()) == {"bomb": {"413": 1}, "32x36MP": {"413": 1}}
