@@ -4,10 +4,13 @@ headless Chromium (Playwright); the model is the tiny EG-RepVGG trained once per
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import json
+import os
 import re
+import select
 import shutil
 import socket
 import struct
@@ -22,13 +25,18 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from defectlite import Predictor
 from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.restore import load_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
+from defectlite.deploy.cpus import available_cpus, default_threads
+from defectlite.deploy.deadlines import DeadlineProtocol, H11DeadlineProtocol
 from defectlite.deploy.serve import create_app
+from defectlite.errors import ConfigError
 from test_explain import neu_images, tiny_run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,17 +51,19 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LIMITS = {"max_batch": 16, "max_wait_ms": 25.0, "max_upload_mb": 1.0, "max_pixels": 1_000_000, "max_files": 8}
+LIMITS |= {"max_request_pixels": 3_000_000}
 
 
 @contextlib.contextmanager
-def live_server(app):
-    """Run ``app`` with uvicorn in a thread on a free loopback port; yield its base URL."""
+def live_server(app, http: type = DeadlineProtocol):
+    """Run ``app`` with uvicorn (and the HTTP protocol ``defectlite serve`` uses) in a thread on a free
+    loopback port; yield its base URL."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -83,6 +93,15 @@ def server(run_dir):
 @pytest.fixture(scope="module")
 def client(server):
     with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def app_client(run_dir):
+    """The app in this thread through Starlette's TestClient (no sockets; app.state reachable), without Grad-CAM."""
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(run_dir / "model.onnx", threads=1, explain=False, **LIMITS)) as c:
         yield c
 
 
@@ -183,6 +202,77 @@ def test_pixel_limit_is_per_request_not_pils_global(client, images):
     assert_still_serving(client, images[0])
 
 
+def test_request_pixel_limit_is_checked_before_any_decoding(app_client, client, images, monkeypatch):
+    decoded = []
+    predictor = app_client.app.state.predictor
+    real_preprocess = predictor.preprocess
+    monkeypatch.setattr(predictor, "preprocess", lambda *a, **k: decoded.append(1) or real_preprocess(*a, **k))
+    four = [png(1000, 1000)] * 4  # each at the per-image limit, 4 M together: above the 3 M of the request
+    body = assert_error(app_client.post("/v1/predict", files=upload(*four)), 413, "too_many_pixels")
+    assert "4,000,000 pixels in all" in body["detail"] and "3,000,000" in body["detail"]
+    assert "max_request_pixels" in body["detail"]
+    assert [f["detail"] for f in body["files"]] == ["1,000,000 pixels"] * 4 and decoded == []
+    assert app_client.get("/v1/model").json()["limits"]["max_request_pixels"] == 3_000_000
+    assert app_client.post("/v1/predict", files=upload(*four[:3])).status_code == 200 and len(decoded) == 3
+    assert_error(client.post("/v1/predict", files=upload(*four)), 413, "too_many_pixels")  # over HTTP too
+    assert_still_serving(client, images[0])
+
+
+FUZZ_EXAMPLES = int(os.environ.get("DEFECTLITE_FUZZ_EXAMPLES", "60"))  # e.g. 5000 for a long run (~1 min)
+MUTATION = st.tuples(
+    st.sampled_from(["flip", "insert", "delete", "truncate"]),
+    st.one_of(st.integers(0, 300), st.integers(0, 2**20)),  # where (mod the length): often in the header
+    st.binary(min_size=1, max_size=16),
+)
+
+
+@pytest.fixture(scope="module")
+def seeds(images) -> dict[str, bytes]:
+    """A real NEU image as JPEG (as shot), PNG and LZW-compressed TIFF."""
+    out = {"JPEG": images[0].read_bytes()}
+    with Image.open(images[0]) as img:
+        for fmt, opts in (("PNG", {}), ("TIFF", {"compression": "tiff_lzw"})):
+            buf = io.BytesIO()
+            img.save(buf, format=fmt, **opts)
+            out[fmt] = buf.getvalue()
+    return out
+
+
+def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for op, where, chunk in mutations:
+        i = where % (len(out) + 1)
+        if op == "flip":
+            out[i : i + len(chunk)] = bytes(a ^ b for a, b in zip(out[i : i + len(chunk)], chunk))
+        elif op == "insert":
+            out[i:i] = chunk
+        elif op == "delete":
+            del out[i : i + len(chunk)]
+        else:
+            del out[i:]
+    return bytes(out)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's warnings about corrupt TIFF tags
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True)
+@given(
+    fmt=st.sampled_from(["JPEG", "PNG", "TIFF"]),
+    mutations=st.lists(MUTATION, min_size=1, max_size=6),
+    with_good=st.booleans(),
+)
+def test_fuzzed_images_get_200_or_a_4xx_json_error(app_client, seeds, fmt, mutations, with_good):
+    """Mutated JPEG / PNG / TIFF bytes: never a 500 or an exception (the TestClient re-raises those)."""
+    files = upload(mutate(seeds[fmt], mutations), *([seeds["PNG"]] if with_good else []))
+    resp = app_client.post("/v1/predict", files=files)
+    if resp.status_code == 200:
+        assert len(resp.json()["results"]) == len(files)
+        return
+    assert 400 <= resp.status_code < 500 and resp.headers["content-type"] == "application/json", resp.text
+    body = resp.json()
+    assert set(body) <= {"error", "detail", "files"} and body["error"] and body["detail"]
+    assert all(set(f) == {"file", "detail"} and f["detail"] for f in body.get("files", []))
+
+
 def test_upload_limits_and_malformed_requests(client, server, images):
     big = upload(b"\0" * 1_500_000)
     assert_error(client.post("/v1/predict", files=big), 413, "upload_too_large")
@@ -201,6 +291,80 @@ def test_upload_limits_and_malformed_requests(client, server, images):
     assert_error(client.post("/v1/predict", content=b"garbage", headers=headers), 400, "bad_multipart")
     assert_error(client.get("/v1/nothing"), 404, "http_error")
     assert_still_serving(client, images[0])
+
+
+def trickle(
+    url: str, first: bytes, then: bytes = b"", gap_s: float = 0.1, give_up_s: float = 8.0
+) -> tuple[float, bytes]:
+    """Over a raw socket, send ``first``, then ``then`` one byte every ``gap_s`` seconds, until the server closes
+    the connection. Returns (seconds from connecting to the close, inf if it stayed open; all the server sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    got, i = b"", 0
+    with socket.create_connection((host, int(port))) as s:
+        t0 = time.monotonic()
+        s.sendall(first)
+        while time.monotonic() - t0 < give_up_s:
+            try:
+                if select.select([s], [], [], gap_s)[0]:
+                    data = s.recv(65536)
+                    if not data:
+                        return time.monotonic() - t0, got
+                    got += data
+                elif i < len(then):
+                    s.sendall(then[i : i + 1])
+                    i += 1
+            except OSError:  # reset by the server
+                return time.monotonic() - t0, got
+    return float("inf"), got
+
+
+def answer(raw: bytes) -> tuple[int, dict]:
+    """(status, JSON body or {}) of a raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    is_json = b"application/json" in head.lower()
+    return int(head.split()[1]), json.loads(body) if is_json else {}
+
+
+HEAD = b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+SLOW = {"header_timeout_s": 1.0, "body_timeout_s": 2.0, "body_idle_timeout_s": 0.7}
+SLOW_CLIENTS = {  # name -> (first bytes, then one byte per 0.1 s, closed after (s), statuses, error code)
+    "silent": (b"", b"", 1.0, {408}, "header_timeout"),
+    "head trickle": (HEAD, b"X-Slow: " + b"x" * 100, 1.0, {408}, "header_timeout"),
+    "body trickle": (HEAD + b"Content-Length: 5000\r\n\r\n", b"-" * 100, 2.0, {408}, "body_timeout"),
+    "body stall": (HEAD + b"Content-Length: 5000\r\n\r\n--b", b"", 0.7, {408}, "body_timeout"),
+    "unread body": (
+        b"POST /v1/model HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+        b"-" * 100,
+        2.0,
+        {405},
+        None,
+    ),
+    "huge head": (HEAD + b"X-Big: " + b"x" * 20_000, b"", 0.0, {431, 400}, None),  # 400: h11's own 16 KiB limit
+}
+
+
+@pytest.mark.parametrize("http", sorted({DeadlineProtocol, H11DeadlineProtocol}, key=lambda c: c.__name__))
+def test_slow_clients_are_timed_out_while_others_are_served(run_dir, images, http):
+    app = create_app(run_dir / "model.onnx", threads=1, explain=False, **LIMITS | SLOW)
+    with live_server(app, http=http) as url, httpx.Client(base_url=url, timeout=10) as client:
+        with concurrent.futures.ThreadPoolExecutor(len(SLOW_CLIENTS)) as pool:
+            futures = {k: pool.submit(trickle, url, *v[:2]) for k, v in SLOW_CLIENTS.items()}
+            served = []
+            while not all(f.done() for f in futures.values()):  # a normal client all along
+                t0 = time.monotonic()
+                assert client.post("/v1/predict", files=upload(images[0])).status_code == 200
+                served.append(time.monotonic() - t0)
+        for name, (_, _, after_s, statuses, code) in SLOW_CLIENTS.items():
+            closed_s, raw = futures[name].result()
+            assert after_s - 0.1 <= closed_s <= after_s + 1.5, (name, closed_s)
+            status, body = answer(raw)
+            assert status in statuses, (name, raw[:300])
+            if code is not None:
+                assert body["error"] == code and body["detail"], (name, body)
+        assert len(served) >= 5 and max(served) < 1.0  # one image on an idle model takes ~10 ms
+        assert "body_idle_timeout_s" in answer(futures["body stall"].result()[1])[1]["detail"]
+        assert "body_timeout_s" in answer(futures["body trickle"].result()[1])[1]["detail"]
+        assert client.get("/v1/model").json()["limits"]["header_timeout_s"] == 1.0
 
 
 def test_no_request_chooses_a_path(client, server, images, tmp_path, monkeypatch):
@@ -318,6 +482,7 @@ def test_serve_command_runs_uvicorn(run_dir, images):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "defectlite.cli.main", "serve", str(run_dir), "--port", str(port), "--max-batch", "4"]
+    cmd += ["--max-request-pixels", "5000000", "--header-timeout", "1", "--body-timeout", "30"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -330,7 +495,11 @@ def test_serve_command_runs_uvicorn(run_dir, images):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "defectlite serve did not come up"
             time.sleep(0.2)
-        assert httpx.get(url + "/v1/model").json()["limits"]["max_batch"] == 4
+        limits = httpx.get(url + "/v1/model").json()["limits"]
+        assert limits["max_batch"] == 4 and limits["max_request_pixels"] == 5_000_000
+        assert (limits["header_timeout_s"], limits["body_timeout_s"]) == (1.0, 30.0)
+        closed_s, raw = trickle(url, b"GET /healthz HTTP/1.1\r\n")  # uvicorn runs the head deadline protocol
+        assert closed_s < 2.5 and answer(raw)[0] == 408
         assert httpx.post(url + "/v1/predict", files=upload(images[0])).status_code == 200
     finally:
         proc.terminate()
@@ -361,6 +530,62 @@ def test_micro_batcher_groups_and_splits_rows():
     for x, (rows, ms, size) in zip(xs, outs):
         assert np.array_equal(rows, x.reshape(len(x), -1) * 2) and ms >= 0 and size <= 4
     assert calls[:2] == [4, 4]  # 1+2+1 then 3+1: each call filled to max_batch, no request split
+
+
+def fake_cgroup(root: Path, files: dict[str, str], self_cgroup: str) -> tuple[Path, Path]:
+    """A cgroup tree under ``root`` (relative path -> content) and its /proc/self/cgroup listing."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text + "\n")
+    (root / "self_cgroup").write_text(self_cgroup)
+    return root / "fs", root / "self_cgroup"
+
+
+@pytest.mark.parametrize(
+    "files, self_cgroup, cpus",
+    [
+        ({"fs/cpu.max": "150000 100000"}, "0::/\n", 2),  # cgroup v2, docker --cpus 1.5: rounded up
+        ({"fs/cpu.max": "max 100000"}, "0::/\n", 64),  # v2 without a quota: the affinity mask
+        ({"fs/cpu,cpuacct/cpu.cfs_quota_us": "300000", "fs/cpu,cpuacct/cpu.cfs_period_us": "100000"}, "", 3),  # v1
+        ({"fs/cpu/cpu.cfs_quota_us": "-1", "fs/cpu/cpu.cfs_period_us": "100000"}, "", 64),  # v1, no quota
+        (  # v1 in docker: /proc/self/cgroup names the host's path, the container sees its own cgroup at the root
+            {"fs/cpu,cpuacct/cpu.cfs_quota_us": "400000", "fs/cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            "5:cpu,cpuacct:/docker/0123abcd\n4:memory:/docker/0123abcd\n",
+            4,
+        ),
+        (  # v2, a systemd unit with CPUQuota=100% under a slice with none
+            {"fs/system.slice/cam.service/cpu.max": "100000 100000", "fs/system.slice/cpu.max": "max 100000"},
+            "0::/system.slice/cam.service\n",
+            1,
+        ),
+        (  # v2: an ancestor's quota is tighter than the process's own
+            {"fs/cpu.max": "250000 100000", "fs/kubepods/pod1/cpu.max": "800000 100000"},
+            "0::/kubepods/pod1\n",
+            3,
+        ),
+        ({}, "0::/\n", 64),  # no cgroup files at all
+    ],
+)
+def test_cpus_come_from_the_cgroup_quota_and_affinity_not_the_host(tmp_path, monkeypatch, files, self_cgroup, cpus):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))  # a 64-core host
+    monkeypatch.delenv("DEFECTLITE_THREADS", raising=False)
+    root, listing = fake_cgroup(tmp_path, files, self_cgroup)
+    root.mkdir(exist_ok=True)
+    assert available_cpus(root, listing) == cpus
+    assert default_threads(1, root, listing) == max(1, cpus - 1)
+    assert default_threads(2, root, listing) == max(1, (cpus - 1) // 2)
+
+
+def test_threads_from_the_environment_and_the_affinity_mask(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 3, 5})  # taskset -c 0,3,5
+    monkeypatch.delenv("DEFECTLITE_THREADS", raising=False)
+    assert available_cpus(tmp_path, tmp_path / "none") == 3
+    assert default_threads(1, tmp_path, tmp_path / "none") == 2
+    monkeypatch.setenv("DEFECTLITE_THREADS", "5")
+    assert default_threads(2, tmp_path, tmp_path / "none") == 5  # per worker, as given
+    monkeypatch.setenv("DEFECTLITE_THREADS", "0")
+    with pytest.raises(ConfigError, match="DEFECTLITE_THREADS"):
+        default_threads()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
@@ -437,3 +662,10 @@ def test_load_script_client_counts_answers(server, images):
     bad = [("x.jpg", serve_load.multipart_request("/v1/predict", "x.jpg", b"not an image"))]
     res = asyncio.run(serve_load.run_level(port, bad, clients=2, n=4))
     assert (res["ok"], res["errors"], res["lost"]) == (0, 4, 0)
+
+    async def costly_once():
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_soon(stop.set)  # one turn of each upload
+        return await serve_load.costly_client(port, serve_load.costly_uploads(), stop)
+
+    assert asyncio.run(costly_once()) == {"bomb": {"413": 1}, "32x36MP": {"413": 1}}

@@ -28,9 +28,41 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="most images in one ONNX Runtime call (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait for a batch to fill, in ms")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MB")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height in pixels")
     p.add_argument(
-        "--threads", type=int, help="ONNX Runtime threads per worker (default: (cores - 1) / workers, at least 1)"
+        "--max-request-pixels",
+        type=int,
+        default=100_000_000,
+        help="most pixels of all the images of one request together (default 100 M: ~0.5 s of decoding on one core); "
+        "checked from the image headers before decoding, 413 above",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds for a request head to arrive (from the connection or the next request's first byte); "
+        "else 408 and close (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds for the whole request body to arrive; else 408 and close (default 60)",
+    )
+    p.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="longest silence in seconds while a request body streams in; else 408 and close (default 10)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime threads per worker (default: $DEFECTLITE_THREADS, else (CPUs - 1) / workers, at least 1, "
+        "counting the CPUs of the affinity mask and the container's cgroup CPU quota, not the host's cores)",
     )
     p.add_argument(
         "--no-explain",
@@ -50,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from defectlite.deploy.cpus import default_threads
     from defectlite.deploy.predictor import resolve_model_path
-    from defectlite.deploy.serve import default_threads
     from defectlite.errors import ConfigError
 
     if args.workers < 1:
@@ -63,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         "max_wait_ms": args.max_wait_ms,
         "max_upload_mb": args.max_upload_mb,
         "max_pixels": args.max_pixels,
+        "max_request_pixels": args.max_request_pixels,
+        "header_timeout_s": args.header_timeout,
+        "body_timeout_s": args.body_timeout,
+        "body_idle_timeout_s": args.body_idle_timeout,
         "threads": threads,
         "explain": args.explain,
     }
@@ -82,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(
         "defectlite.cli.serve:app_from_env",
         factory=True,
+        http=HTTP_PROTOCOL,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -91,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 ENV_MODEL, ENV_OPTIONS = "DEFECTLITE_SERVE_MODEL", "DEFECTLITE_SERVE_OPTIONS"
+HTTP_PROTOCOL = "defectlite.deploy.deadlines:DeadlineProtocol"  # uvicorn's own, plus the request head deadline
 
 
 def app_from_env():

@@ -15,10 +15,16 @@ Grad-CAM, in :mod:`defectlite.evaluate.gradcam`). Concurrent requests are micro-
 (:class:`~defectlite.deploy.batching.MicroBatcher`) into one ONNX Runtime call run in a worker
 thread, so the event loop never blocks.
 
+Slow clients are timed out (:mod:`defectlite.deploy.deadlines`): a request head must arrive within
+``header_timeout_s``, a body within ``body_timeout_s`` with no silence above ``body_idle_timeout_s``
+(408 JSON and the connection closed); uvicorn's own ``timeout_keep_alive`` closes idle keep-alive
+connections.
+
 Every bad input gets a JSON error ``{"error": code, "detail": message, "files": [...]}`` with a 4xx
 status, and the server goes on serving: 413 for a body above ``max_upload_mb``, more than
-``max_files`` images or an image above ``max_pixels`` (checked from the image header for each
-request before decoding, whatever PIL's global limit is); 415 for a body that is not
+``max_files`` images, an image above ``max_pixels`` or images above ``max_request_pixels`` together
+(both checked from the image headers before any image of the request is decoded, whatever PIL's
+global limit is); 415 for a body that is not
 multipart/form-data; 422 for a missing ``files`` field, a non-image or a truncated image; 503 when
 more than ``max_queue`` images wait. Uploads stay in memory (the body is read with its limit
 enforced while streaming and parsed there); no request names a file the server reads or writes.
@@ -27,7 +33,6 @@ enforced while streaming and parsed there); no request names a file the server r
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,16 +48,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from defectlite.checkpoint import resolve_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
+from defectlite.deploy.cpus import default_threads
+from defectlite.deploy.deadlines import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, STATE_KEY
 from defectlite.deploy.predictor import Predictor
 from defectlite.deploy.uploads import (
     FIELD,
     MULTIPART_SCHEMA,
     ApiError,
     Part,
-    check_pixels,
+    check_request_pixels,
     file_error,
     image_parts,
     parse_multipart,
+    part_name,
     read_body,
 )
 from defectlite.errors import CheckpointError, ConfigError, DataError, missing_train_extra
@@ -117,8 +125,12 @@ def create_app(
     max_wait_ms: float = 1.0,
     max_upload_mb: float = 8.0,
     max_pixels: int = 40_000_000,
+    max_request_pixels: int = 100_000_000,
     max_files: int = 32,
     max_queue: int = 1024,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    body_idle_timeout_s: float = 10.0,
     threads: int | None = None,
     explain: bool = True,
 ) -> FastAPI:
@@ -133,12 +145,24 @@ def create_app(
             add latency.
         max_wait_ms: how long the first queued request waits for others to fill a batch (ms).
         max_upload_mb: largest request body (MB, 10^6 bytes).
-        max_pixels: largest image (width x height, pixels), checked per request.
+        max_pixels: largest image (width x height, pixels), checked from its header before decoding.
+        max_request_pixels: most pixels of all the images of one request together, checked from their
+            headers before any is decoded. Default 100 M: at about 5 ns per pixel, at most ~0.5 s of one
+            core's decoding per request (e.g. 20 camera frames of 5 megapixels, or two images at ``max_pixels``).
         max_files: most images in one request.
         max_queue: most images waiting for the model; beyond that requests get 503.
-        threads: ONNX Runtime intra-op threads (default: all cores but one, which is left to HTTP and
-            preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose spinning
-            starves the event loop).
+        header_timeout_s: the request head (request line and headers) must arrive within this many seconds
+            of the connection, or of the first byte of the next request on a keep-alive connection; else 408
+            and the connection is closed. Enforced only when uvicorn runs
+            :data:`~defectlite.deploy.deadlines.DeadlineProtocol` (``defectlite serve`` does), which reads it from
+            the app's lifespan state.
+        body_timeout_s: the whole request body must arrive within this many seconds of its head; else 408
+            and close. Default 60: 8 MB at about 1 Mbit/s.
+        body_idle_timeout_s: longest silence while the body streams in (seconds); else 408 and close.
+        threads: ONNX Runtime intra-op threads (default: :func:`~defectlite.deploy.cpus.default_threads`,
+            ``$DEFECTLITE_THREADS`` or the CPUs the process may use (affinity and cgroup quota) but one, which
+            is left to HTTP and preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose
+            spinning starves the event loop).
         explain: serve ``/v1/explain`` when the checkpoint is there. False skips loading it and PyTorch
             (about 0.7 GB less resident memory per worker; ``/v1/explain`` answers 501).
 
@@ -147,7 +171,9 @@ def create_app(
         ConfigError: a limit that is not positive.
     """
     limits = {"max_batch": max_batch, "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
-    limits |= {"max_files": max_files, "max_queue": max_queue}
+    limits |= {"max_request_pixels": max_request_pixels, "max_files": max_files, "max_queue": max_queue}
+    timeouts = {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s}
+    limits |= timeouts | {"body_idle_timeout_s": body_idle_timeout_s}
     bad = {k: v for k, v in limits.items() if not v > 0}
     if bad or max_wait_ms < 0:
         raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
@@ -164,7 +190,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         batcher.start()
-        yield
+        yield {STATE_KEY: timeouts}  # read by the uvicorn protocol of each connection (deadlines.py)
         await batcher.stop()
 
     app = FastAPIOffline(  # FastAPI whose /docs and /redoc load no CDN
@@ -193,7 +219,8 @@ def create_app(
         return ApiError(500, "internal_error", f"internal error ({type(exc).__name__})").response()
 
     async def read_images(request: Request) -> tuple[list[Part], list[Part]]:
-        body, ctype = await read_body(request, upload_bytes), request.headers.get("content-type")
+        body = await read_body(request, upload_bytes, body_timeout_s, body_idle_timeout_s)
+        ctype = request.headers.get("content-type")
         # about 3 ms per MB: large bodies are parsed off the event loop, small ones (~0.1 ms) on it
         parts = (
             await run_in_threadpool(parse_multipart, body, ctype) if len(body) > 2**20 else parse_multipart(body, ctype)
@@ -201,16 +228,16 @@ def create_app(
         return parts, image_parts(parts, max_files)
 
     def preprocess(files: list[Part]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Pixel check and the Predictor's preprocessing of every image -> (float32 (N, C, H, W), original sizes)."""
+        """Pixel checks (all images, from their headers), then the Predictor's preprocessing of every image
+        -> (float32 (N, C, H, W), original (H, W) of each image)."""
+        check_request_pixels(files, max_pixels, max_request_pixels)
         out, sizes, errors = [], [], []
         for i, f in enumerate(files):
-            name = f.filename or f"#{i}"
             try:
-                check_pixels(f.data, name, max_pixels)
-                x, size = predictor.preprocess([f.data], [name])
+                x, size = predictor.preprocess([f.data], [part_name(f, i)])
                 out.append(x)
                 sizes += size
-            except (ApiError, DataError) as e:
+            except DataError as e:
                 errors.append((i, e))
         if errors:
             raise file_error(files, errors)
@@ -251,7 +278,8 @@ def create_app(
         target = next((p.data.decode("utf-8", "replace") for p in parts if p.name == "class"), None) or None
         if target is not None and target not in explainer.classes:
             raise ApiError(422, "unknown_class", f"unknown class {target!r}; the model knows {explainer.classes}")
-        png, expl = await run_in_threadpool(_explain_png, explainer, files[0], target, max_pixels)
+        check_request_pixels(files, max_pixels, max_request_pixels)
+        png, expl = await run_in_threadpool(_explain_png, explainer, files[0], target)
         headers = {
             "X-Defectlite-Class": quote(expl.label),
             "X-Defectlite-Probability": f"{expl.probability:.6f}",
@@ -300,11 +328,6 @@ def create_app(
 INLINE_DECODE_BYTES = 256 * 1024  # uploads up to this size are decoded without a thread hop
 
 
-def default_threads(workers: int = 1) -> int:
-    """ONNX Runtime threads per worker process: the cores minus one (for HTTP), shared among workers; at least 1."""
-    return max(1, ((os.cpu_count() or 1) - 1) // workers)
-
-
 def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Response:
     if name not in static:
         raise ApiError(404, "not_found", f"no page file {name!r}")
@@ -312,14 +335,12 @@ def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Respons
     return Response(data, media_type=media_type)
 
 
-def _explain_png(explainer: Any, part: Part, target: str | None, max_pixels: int) -> tuple[bytes, Any]:
-    """Grad-CAM PNG of one uploaded image (runs in a worker thread)."""
+def _explain_png(explainer: Any, part: Part, target: str | None) -> tuple[bytes, Any]:
+    """Grad-CAM PNG of one uploaded image whose pixels were checked (runs in a worker thread)."""
     from defectlite.evaluate.gradcam import overlay, png_bytes
 
-    name = part.filename or "#0"
     try:
-        check_pixels(part.data, name, max_pixels)
-        expl = explainer.explain(part.data, target, name)
-    except (ApiError, DataError) as e:
+        expl = explainer.explain(part.data, target, part_name(part, 0))
+    except DataError as e:
         raise file_error([part], [(0, e)]) from None
     return png_bytes(overlay(expl)), expl
