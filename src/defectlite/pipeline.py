@@ -64,7 +64,7 @@ def train_stage(
     seed_everything(seed)
     if model is None:
         model, model_card = task.build_model(stage, card, data)
-    objective = task.objective(stage, cfg, teacher, **objective_options)
+    objective = task.objective(stage, cfg, teacher, model_card, **objective_options)
     hook = None
     if stage.sparsity > 0:
         objective = SparsityObjective(objective, model, stage.sparsity)
@@ -209,14 +209,16 @@ def finish_run(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, A
     deployed = reparameterize(model)
     test_all = {}
     for name in ("teacher", *run.members(), "student"):
-        if run.has_best(name):
-            net = deployed if name == run.deployed_stage else reparameterize(load_checkpoint(run.best(name))[0])
-            test_all[name] = task.evaluate(net, data, "test", card)
+        if name == run.deployed_stage:
+            test_all[name] = task.evaluate(deployed, data, "test", dcard)
+        elif run.has_best(name):
+            net, ncard = load_checkpoint(run.best(name))
+            test_all[name] = task.evaluate(reparameterize(net), data, "test", ncard)
     members = run.members()
     if members and cfg.ensemble.members:
         ensemble = task.ensemble_teacher([run.best(m) for m in members], cfg.ensemble.combine, cfg.ensemble.k,
                                          data.classes)  # fmt: skip
-        test_all.update(task.evaluate_ensemble(ensemble, data, card))
+        test_all.update(task.evaluate_ensemble(ensemble, data, dcard))
     export = export_and_check(run.onnx, model, dcard, task, task.split_truth(data, "val")[0][:64])
     report = {
         "task": task.name,

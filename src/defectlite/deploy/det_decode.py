@@ -98,16 +98,17 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy non-maximum suppression (as ``torchvision.ops.nms``).
 
     Takes boxes in decreasing score order and drops every later box whose IoU with a kept one
-    exceeds ``iou``.
+    exceeds ``iou``; stops once ``max_keep`` boxes are kept (the later ones could only be dropped).
 
     Args:
         boxes: (n, 4) xyxy.
         scores: (n,).
         iou: IoU threshold in [0, 1].
+        max_keep: keep at most this many (None: all that survive).
 
     Returns:
         int64 indices of the kept boxes, in decreasing score order.
@@ -115,7 +116,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float32)
     order = np.argsort(-np.asarray(scores), kind="stable")
     keep = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         i = order[0]
         keep.append(i)
         rest = order[1:]
@@ -181,7 +182,7 @@ def postprocess(
         idx = idx[np.argsort(-scores[idx], kind="stable")[:MAX_CANDIDATES]]
         b, scores, labels = b[idx], scores[idx], labels[idx]
         shift = 0 if agnostic else labels[:, None] * (float(np.abs(b).max(initial=0)) * 2 + 1)
-        keep = nms(b + shift, scores, iou)[:max_det]
+        keep = nms(b + shift, scores, iou, max_keep=max_det)
         scaled = b[keep] * np.array([w / w_in, h / h_in, w / w_in, h / h_in], np.float32)
         scaled = np.clip(scaled, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
         out.append(Detections(scaled, scores[keep].astype(np.float32), labels[keep].astype(np.int64)))

@@ -41,6 +41,7 @@ class ClassifyRuntime:
 
     name = "classify"
     options: tuple[str, ...] = ()
+    eval_options: dict[str, Any] = {}
     score_key = "accuracy"  # the headline metric of :meth:`score` (prune / quantise tables)
 
     def check(self, meta: dict[str, Any], outputs: Sequence[Any]) -> None:
@@ -54,7 +55,7 @@ class ClassifyRuntime:
             raise CheckpointError(f"the metadata names {len(meta['classes'])} classes, the model has {k} outputs")
 
     def postprocess(
-        self, outputs: Sequence[np.ndarray], meta: dict[str, Any], sizes: Sequence[tuple[int, int]]
+        self, outputs: Sequence[np.ndarray], meta: dict[str, Any], sizes: Sequence[tuple[int, int]], **options: Any
     ) -> list[Prediction]:
         """Softmax of the logits ``outputs[0]`` (N, K), one prediction per row."""
         classes = meta["classes"]
@@ -64,7 +65,7 @@ class ClassifyRuntime:
             out.append(Prediction(classes[i], i, float(p[i]), {c: float(v) for c, v in zip(classes, p)}))
         return out
 
-    def as_dict(self, result: Prediction) -> dict[str, Any]:
+    def as_dict(self, result: Prediction, meta: dict[str, Any]) -> dict[str, Any]:
         """JSON form: class, its index, probability, all probabilities."""
         return {
             "class": result.label,
@@ -73,7 +74,7 @@ class ClassifyRuntime:
             "probabilities": result.probabilities,
         }
 
-    def as_rows(self, result: Prediction) -> list[dict[str, str]]:
+    def as_rows(self, result: Prediction, meta: dict[str, Any]) -> list[dict[str, str]]:
         """One row: class and probability."""
         return [{"class": result.label, "probability": f"{result.probability:.6f}"}]
 

@@ -153,11 +153,11 @@ class Predictor:
 
     def as_dict(self, result: Any) -> dict[str, Any]:
         """JSON form of a result (the task's own)."""
-        return self.runtime.as_dict(result)
+        return self.runtime.as_dict(result, self.meta)
 
     def as_rows(self, result: Any) -> list[dict[str, str]]:
         """Table rows of a result (one per class / box)."""
-        return self.runtime.as_rows(result)
+        return self.runtime.as_rows(result, self.meta)
 
 
 __all__ = ["Prediction", "Predictor", "resolve_model_path", "softmax"]

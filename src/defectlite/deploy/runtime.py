@@ -10,9 +10,15 @@ A runtime is an object with::
     check(meta, outputs) -> None                      # refuse metadata that does not fit the model
                                                       # (outputs: ONNX Runtime's output descriptions)
     postprocess(outputs, meta, sizes, **options)      # list of raw output arrays -> one result per image
-    as_dict(result) -> dict                           # JSON (API, --json)
-    as_rows(result) -> list[dict[str, str]]           # CSV rows / printed lines (one per class or box)
+    as_dict(result, meta) -> dict                     # JSON (API, --json)
+    as_rows(result, meta) -> list[dict[str, str]]     # CSV rows / printed lines (one per class or box)
+    draw(source, result, meta) -> PIL.Image           # the answer drawn on the image (--save-images)
     options: tuple[str, ...]                          # keyword options postprocess accepts (e.g. conf, iou)
+    eval_options: dict                                # the options scoring uses (detection: conf 0.001)
+    score_key: str                                    # the headline metric of score() (accuracy, map50)
+    read_labelled(root, meta, format=, split=)        # a labelled folder -> (image paths, ground truth)
+    score(results, truths, meta) -> dict              # metrics; headline(), summary(), report_lines(),
+                                                      # write_figures() present them
 
 Built-in runtimes are imported on first use; :func:`register_runtime` adds others (a task registered with
 ``defectlite.tasks.register_task`` registers its runtime too).
@@ -28,7 +34,7 @@ from defectlite.errors import CheckpointError
 
 _BUILTIN = {
     "classify": "defectlite.deploy.labels:ClassifyRuntime",
-    "detect": "defectlite.deploy.det_decode:DetectRuntime",
+    "detect": "defectlite.deploy.det_runtime:DetectRuntime",
 }
 _RUNTIMES: dict[str, Any] = {}
 

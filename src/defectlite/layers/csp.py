@@ -60,10 +60,10 @@ class Bottleneck(nn.Module):
 
 
 class CSPBlock(nn.Module):
-    """fuse(cat(post(blocks(part_a(x))), part_b(x))): a Cross Stage Partial stage.
+    """merge(cat(post(blocks(part_a(x))), part_b(x))): a Cross Stage Partial stage.
 
     The input goes through two 1x1 convs; one half runs ``n`` :class:`Bottleneck` blocks (an
-    ``nn.Sequential``, so layer pruning can drop them), the other half skips them; a 1x1 conv fuses
+    ``nn.Sequential``, so layer pruning can drop them), the other half skips them; a 1x1 conv merges
     the concatenation. With ``transition=True`` a 1x1 conv follows the bottlenecks (CSPDarknet53's
     stages); without it this is YOLOv5's C3.
 
@@ -71,7 +71,7 @@ class CSPBlock(nn.Module):
 
     Args:
         in_chans, out_chans: C_in, C_out.
-        n: number of bottlenecks (0 allowed: the stage keeps only its split / fuse convs).
+        n: number of bottlenecks (0 allowed: the stage keeps only its split / merge convs).
         hidden: channels of each half (default C_out / 2).
         block_hidden: inner channels of each bottleneck (default ``hidden``).
         act: activation name.
@@ -98,10 +98,10 @@ class CSPBlock(nn.Module):
         self.part_b = ConvBnAct(in_chans, hidden, 1, act=make_act(act))
         self.blocks = nn.Sequential(*(Bottleneck(hidden, block_hidden, act, shortcut) for _ in range(n)))
         self.post = ConvBnAct(hidden, hidden, 1, act=make_act(act)) if transition else nn.Identity()
-        self.fuse = ConvBnAct(2 * hidden, out_chans, 1, act=make_act(act))
+        self.merge = ConvBnAct(2 * hidden, out_chans, 1, act=make_act(act))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fuse(torch.cat((self.post(self.blocks(self.part_a(x))), self.part_b(x)), 1))
+        return self.merge(torch.cat((self.post(self.blocks(self.part_a(x))), self.part_b(x)), 1))
 
 
 class MaxPoolPyramid(nn.Module):

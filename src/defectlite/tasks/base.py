@@ -81,8 +81,11 @@ class Task:
         model = create_model(stage.model, card["num_classes"], card["in_chans"], **stage.model_kwargs)
         return model, {**card, "model": stage.model, "model_kwargs": dict(stage.model_kwargs)}
 
-    def objective(self, stage: Any, cfg: Any, teacher: nn.Module | None, **options: Any) -> nn.Module:
-        """The stage's objective: ``objective(outputs, inputs, target) -> {"loss": ..., ...}``."""
+    def objective(
+        self, stage: Any, cfg: Any, teacher: nn.Module | None, card: dict[str, Any], **options: Any
+    ) -> nn.Module:
+        """The stage's objective for the model ``card`` describes: ``objective(outputs, inputs, target) ->
+        {"loss": ..., ...}``; distilled from ``teacher`` when given."""
         raise NotImplementedError
 
     def stage_data(self, stage: Any, cfg: Any, data: Any, card: dict[str, Any]) -> Any:
@@ -115,7 +118,7 @@ class Task:
         """Metrics of a PyTorch model on one split, scored by the task's runtime (as ``val`` scores ONNX)."""
         images, truths, sizes = self.split_truth(data, split)
         meta = {**card, "channels": card["in_chans"], **self.export_metadata(card)}
-        results = self.runtime.postprocess(self.outputs(model, images, card), meta, sizes)
+        results = self.runtime.postprocess(self.outputs(model, images, card), meta, sizes, **self.runtime.eval_options)
         return self.runtime.score(results, truths, meta)
 
     def split_truth(self, data: Any, split: str) -> tuple[np.ndarray, Any, list[tuple[int, int]]]:

@@ -24,10 +24,13 @@ from defectlite.data.dataset import ArrayDataset
 from defectlite.data.readers import FORMATS
 from defectlite.data.transforms import normalize
 from defectlite.deploy.labels import ClassifyRuntime
+from defectlite.errors import ConfigError
 from defectlite.tasks.base import Task
 from defectlite.train.device import autocast
 from defectlite.train.ensemble import Ensemble, PseudoLabel
 from defectlite.train.objectives import CrossEntropy, LogitDistill
+
+CLASSIFY_AUGMENT = ("hflip", "vflip", "rotate_deg", "brightness", "contrast", "erasing", "crop")
 
 
 def clean_batches(images: np.ndarray, mean, std, device, batch_size: int = 128) -> Iterable[Tensor]:
@@ -135,7 +138,19 @@ class ClassifyTask(Task):
             progress=progress,
         )
 
-    def objective(self, stage, cfg, teacher: nn.Module | None, *, hard_alpha: float | None = None) -> nn.Module:
+    def check_config(self, cfg) -> None:
+        """Besides the base checks: no detection-only augmentation (it would be ignored silently).
+
+        Raises:
+            ConfigError: naming the stage.
+        """
+        super().check_config(cfg)
+        for where, stage in self.stages_of(cfg):
+            a = stage.augment if stage is not None else None
+            if a is not None and (a.rot90 or a.scale or a.translate or a.mosaic or a.close_mosaic):
+                raise ConfigError(f"{where}.augment: rot90, scale, translate and mosaic are detection augmentations")
+
+    def objective(self, stage, cfg, teacher: nn.Module | None, card=None, *, hard_alpha: float | None = None):
         """Cross-entropy; logit distillation from ``teacher``; or its hard pseudo-labels (``hard_alpha``)."""
         ls = stage.optim.label_smoothing
         if teacher is None:
@@ -151,7 +166,7 @@ class ClassifyTask(Task):
             train,
             data.subset("val"),
             (card["mean"], card["std"]),
-            augment=train_augment(**vars(stage.augment)),
+            augment=train_augment(**{k: getattr(stage.augment, k) for k in CLASSIFY_AUGMENT}),
             mixup=_mixup(stage.optim, num_classes),
         )
 

@@ -76,6 +76,12 @@ class AugmentCfg:
     contrast: Annotated[float, NonNegative] = 0.2  # ColorJitter contrast (0 = off)
     erasing: Annotated[float, Fraction] = 0.0  # probability of random erasing / cutout of one rectangle (0 = off)
     crop: Annotated[float, Range(gt=0, le=1)] = 1.0  # < 1: random crop of this share of each side, resized back
+    # detection only (boxes move with the pixels):
+    rot90: Annotated[float, Fraction] = 0.0  # probability of a 90 / 180 / 270-degree rotation
+    scale: Annotated[float, Range(ge=0, lt=1)] = 0.0  # random zoom in [1 - scale, 1 + scale]
+    translate: Annotated[float, Range(ge=0, le=0.5)] = 0.0  # random shift, share of the width / height
+    mosaic: Annotated[float, Fraction] = 0.0  # share of training images built as a mosaic of 4 (YOLOv4 §2.1.1)
+    close_mosaic: Annotated[int, NonNegative] = 0  # the last N epochs train without mosaic
 
 
 @dataclass

@@ -167,6 +167,8 @@ def train_epoch(
         sums["train_loss"] += float(loss.detach()) * n
         for k, v in data.batch_stats(outputs, truth).items():
             sums[k] = sums.get(k, 0.0) + v
+        for k in getattr(data, "log_terms", ()):  # loss terms of the objective worth a column (detection: box, ...)
+            sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(out[k].detach()) * n
         bar.update()
         bar.set_postfix({k.removeprefix("train_"): f"{v / n_seen:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.3g}"})
     bar.close()

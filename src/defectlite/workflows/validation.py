@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 
 from defectlite.data.transforms import normalize
 from defectlite.deploy.predictor import Predictor
+from defectlite.deploy.runtime import get_runtime
 from defectlite.errors import DataError
+from defectlite.onnx_file import read_metadata
 from defectlite.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ def validate_folder(
         CheckpointError: missing or invalid model. DataError: unreadable data, unknown classes, unreadable
             images (without ``skip_bad``).
     """
-    predictor = Predictor(model_of(model), threads=threads)
+    path = model_of(model)
+    predictor = Predictor(path, threads=threads, **get_runtime(read_metadata(path)["task"]).eval_options)
     runtime, meta = predictor.runtime, predictor.meta
     paths, truths = runtime.read_labelled(Path(data), meta, format=format, split=split)
     if not len(paths):
@@ -111,7 +114,7 @@ def score_split(onnx_path: str | Path, images: np.ndarray, truths: Any, sizes: S
         truths: ground truth as the task's runtime scores it (classification: class indices (N,)).
         sizes: original (H, W) of each image (detection maps boxes back to them).
     """
-    predictor = Predictor(onnx_path, threads=1)
+    predictor = Predictor(onnx_path, threads=1, **get_runtime(read_metadata(onnx_path)["task"]).eval_options)
     results = []
     for i in range(0, len(images), 64):
         x = normalize(images[i : i + 64], predictor.meta["mean"], predictor.meta["std"])
