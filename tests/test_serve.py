@@ -35,7 +35,7 @@ from defectlite.compress.restore import load_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.cpus import available_cpus, default_threads
 from defectlite.deploy.deadlines import DeadlineProtocol, H11DeadlineProtocol
-from defectlite.deploy.serve import create_app
+from defectlite.deploy.service import create_app
 from defectlite.errors import ConfigError
 from test_explain import neu_images, tiny_run
 
@@ -443,7 +443,7 @@ for name in TRAIN_EXTRA:
     sys.modules[name] = None  # as if installed without the train extra: importing them raises ModuleNotFoundError
 from starlette.testclient import TestClient
 from defectlite import Predictor
-from defectlite.deploy.serve import create_app
+from defectlite.deploy.service import create_app
 model, explain, images = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
 labels = [p.label for p in Predictor(model).predict_batch(images)]
 with TestClient(create_app(model, threads=1, explain=explain)) as client:

@@ -136,6 +136,6 @@ def app_from_env():
     import json
     import os
 
-    from defectlite.deploy.serve import create_app
+    from defectlite.deploy.service import create_app
 
     return create_app(os.environ[ENV_MODEL], **json.loads(os.environ[ENV_OPTIONS]))

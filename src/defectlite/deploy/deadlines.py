@@ -20,7 +20,7 @@ adds, per connection:
 
 The body the app reads is timed by the app itself (:func:`defectlite.deploy.uploads.read_body`: a
 total deadline and a longest silence, 408 JSON). The timeouts come from the app through the ASGI
-lifespan state (key :data:`STATE_KEY`, set by :func:`defectlite.deploy.serve.create_app`), so each worker
+lifespan state (key :data:`STATE_KEY`, set by :func:`defectlite.deploy.service.create_app`), so each worker
 process reads its own app's settings; without it the defaults below apply.
 """
 

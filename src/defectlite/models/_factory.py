@@ -17,16 +17,17 @@ def create_model(name: str, num_classes: int, in_chans: int = 1, **kwargs: Any) 
 
     Args:
         name: registry name (``defectlite models`` lists them) or ``timm:<timm name>``.
-        num_classes: classifier outputs K; the model maps (N, in_chans, H, W) to logits (N, K).
+        num_classes: outputs K (classes of a classifier or detector); (N, in_chans, H, W) -> the task's outputs.
         in_chans: input channels (1 = grey, 3 = RGB).
         **kwargs: passed to the builder (e.g. ``pretrained=True`` for timm models with cached weights).
 
     Raises:
         UnknownModelError: unknown registry or timm name (close matches are suggested).
-        ValueError: ``num_classes`` < 2 or ``in_chans`` < 1.
+        ValueError: ``num_classes`` < 1 or ``in_chans`` < 1 (a classifier's data has at least two classes; a
+            detector or another task may have one output).
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if in_chans < 1:
         raise ValueError(f"in_chans must be at least 1, got {in_chans}")
     if name.startswith(TIMM_PREFIX):
