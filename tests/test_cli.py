@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from defectlite.cli.main import main
+from defectlite.cli.main import COMMANDS, build_parser, main
 
 
 def test_help_lists_every_command(capsys):
@@ -17,8 +18,44 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "export", "predict", "models", "recipes"):
-        assert cmd in out
+    listed = {line.split()[0] for line in out.split("{")[1].split("}")[0].split(",")} if "{" in out else set()
+    for cmd in COMMANDS:
+        assert f"    {cmd} " in out or cmd in listed, cmd
+    assert len(COMMANDS) == 11
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_has_help_and_shows_its_default_once():
+    for name, sub in _subparsers().items():
+        for action in sub._actions:
+            if action.dest in ("help",):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = sub.format_help()
+        assert "(default: None)" not in text, name
+        for block in text.split("\n  -")[1:]:
+            assert block.count("default") <= 1 or "(default:" not in block, f"{name}: {block[:80]}"
+
+
+def test_verbosity_flags_work_after_the_verb(capsys):
+    assert main(["models", "-q", "eg_repvgg"]) == 0
+    assert main(["-v", "recipes"]) == 0
+    assert "eg_repvgg" in capsys.readouterr().out
+
+
+def test_compare_folders_never_collide():
+    from defectlite.cli.compare import default_out
+
+    a = default_out("neu-compare-fast", ["eg_repvgg", "pdmsnet"], [])
+    assert a != default_out("neu-pdmsnet-fast", ["eg_repvgg", "pdmsnet"], [])
+    assert a != default_out("neu-compare-fast", ["eg_repvgg"], [])
+    assert a != default_out("neu-compare-fast", ["eg_repvgg", "pdmsnet"], ["seed=1"])
+    assert a == default_out("neu-compare-fast", ["eg_repvgg", "pdmsnet"], [])  # the same comparison resumes
 
 
 @pytest.mark.slow

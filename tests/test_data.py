@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import NEU_CLASSES, link_casting_subset, link_neu_subset
 from defectlite.data import detect_format, prepare, read_dataset, stratified_split
@@ -146,12 +147,24 @@ def test_bad_images_fail_with_their_names_or_are_skipped(tmp_path):
     assert len(d.paths) == 18 and {Path(p) for p, _ in d.skipped} == {truncated, garbage}
 
 
-def test_decode_cache_is_reused_and_invalidated(tmp_path):
+def test_decode_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     folder = link_neu_subset(tmp_path / "images", 2)
     files = sorted(folder.iterdir())
     a = decode_images(files, (48, 48), progress=False)
+    from defectlite.data import cache
+
+    calls = []
+    real = cache._decode_one
+    monkeypatch.setattr(cache, "_decode_one", lambda *x: calls.append(x) or real(*x))
     b = decode_images(files, (48, 48), progress=False)
-    assert np.array_equal(a.images, b.images) and a.digests == b.digests
+    assert np.array_equal(a.images, b.images) and a.digests == b.digests and not calls  # served from the cache
+    # an edited file (other bytes, newer mtime) is decoded afresh: main's test never changed a file
+    (folder / files[0].name).unlink()
+    flipped = np.asarray(Image.open(files[1]).convert("L"))[::-1]
+    Image.fromarray(flipped).save(folder / files[0].name, format="JPEG")
+    c = decode_images(files, (48, 48), progress=False)
+    assert calls and c.digests[0] != a.digests[0] and not np.array_equal(c.images[0], a.images[0])
+    assert np.array_equal(c.images[1:], a.images[1:])
     rgb = decode_images(files, (48, 48), channels=3, progress=False)
     assert rgb.images.shape == (12, 3, 48, 48)
 

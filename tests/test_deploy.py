@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,5 +114,15 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path, card):
         load_checkpoint(tmp_path / "other")
     (tmp_path / "junk.json").write_text("{}")
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises((CheckpointError, KeyError)):
+    with pytest.raises(CheckpointError, match="field 'model' must be a str"):  # main let a bare KeyError out
         load_checkpoint(tmp_path / "junk")
+    for bad, words in (
+        ({**card, "model_kwargs": {"checkpoint_path": "/etc/passwd"}}, "not options of eg_repvgg"),
+        ({**card, "model": "timm:resnet18", "model_kwargs": {"checkpoint_path": "/etc/passwd"}}, "not options"),
+        ({**card, "classes": card["classes"][:5]}, "must list num_classes = 6"),
+        ({**card, "num_classes": "six"}, "must be a int"),
+    ):
+        save_checkpoint(tmp_path / "bad", model, card)
+        (tmp_path / "bad.json").write_text(json.dumps({"card_version": 1, **bad}))
+        with pytest.raises(CheckpointError, match=words):
+            load_checkpoint(tmp_path / "bad")

@@ -37,12 +37,9 @@ TRAIN_EXTRA = frozenset(
         "torchvision",
         "timm",
         "safetensors",
-        "sklearn",
-        "matplotlib",
         "onnxscript",
         "pytorch_grad_cam",
         "torch_pruning",
-        "faster_coco_eval",
     }
 )
 

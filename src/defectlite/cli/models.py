@@ -16,9 +16,12 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         description="List registry names with parameters (training and deployed form), MACs and FLOPs (= 2 x MACs; "
         "convolutions and linear layers) at an input size. Any timm model can also be trained as timm:<name>.",
     )
-    p.add_argument("--input-size", type=int, nargs=2, default=[200, 200], metavar=("H", "W"))
-    p.add_argument("--in-chans", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=6)
+    p.add_argument(
+        "--input-size", type=int, nargs=2, default=[200, 200], metavar=("H", "W"), help="input size for the MACs"
+    )
+    p.add_argument("--in-chans", type=int, default=1, help="input channels (1 = grey, 3 = RGB)")
+    p.add_argument("--num-classes", type=int, default=6, help="classes (the output width)")
+    p.add_argument("--task", help="only models of this task (classify, detect); default: all")
     p.add_argument("names", nargs="*", help="only these models (default: all)")
     p.set_defaults(func=run)
 
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from defectlite.evaluate.profile import count_macs, count_params
     from defectlite.models import create_model, list_models, model_info
 
-    names = args.names or list_models()
+    names = args.names or list_models(args.task)
     shape = (1, args.in_chans, *args.input_size)
     print(f"{'name':<24}{'params':>12}{'deployed':>12}{'MACs (M)':>11}{'FLOPs (M)':>11}  source   [input {shape[1:]}]")
     for name in names:

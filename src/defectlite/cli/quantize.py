@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
             "measured in the same run."
         ),
     )
-    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 model exported by train / export")
     p.add_argument("--calib", type=Path, required=True, metavar="RUN", help="run whose training images calibrate")
     p.add_argument("--images", type=int, default=256, help="calibration images (from RUN's training split)")
     p.add_argument(

@@ -70,7 +70,12 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         action="store_false",
         help="do not load the checkpoint for Grad-CAM (/v1/explain answers 501): no PyTorch, ~0.1 GB per worker",
     )
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
     p.set_defaults(func=run)
 
 
