@@ -194,18 +194,22 @@ def resume_run(run: Run, progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def deploy_checkpoint(run: Run) -> tuple[nn.Module, dict[str, Any]]:
-    """Fuse the deployed stage's best checkpoint into ``RUN/model.*``; returns (training-form model, card)."""
+def deploy_checkpoint(run: Run, cfg: RecipeCfg, task: Any, data: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Calibrate (the task's, on validation) and fuse the deployed stage's best checkpoint into ``RUN/model.*``;
+    returns (training-form model, card)."""
     stage = run.deployed_stage
     model, card = load_checkpoint(run.best(stage))
     dcard = {**card, "reparameterized": True, "source": f"{stage}/best"}
+    calibration = task.calibrate(model, data, card, cfg, run.root)  # folds into ``model`` in place, or None
+    if calibration:
+        dcard["calibration"] = calibration
     save_checkpoint(run.deployed, reparameterize(model), dcard)
     return model, dcard
 
 
 def finish_run(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, Any], stages: dict) -> dict[str, Any]:
     """Deploy, evaluate every trained model (and ensemble) on test once, export, profile; return the report."""
-    model, dcard = deploy_checkpoint(run)
+    model, dcard = deploy_checkpoint(run, cfg, task, data)
     deployed = reparameterize(model)
     test_all = {}
     for name in ("teacher", *run.members(), "student"):
@@ -229,6 +233,7 @@ def finish_run(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, A
         "stages": stages,
         "test": test_all[run.deployed_stage],
         "test_all": test_all,
+        "calibration": dcard.get("calibration"),
         "profile": profile_model(model, deployed, run, cfg),
         "export": export,
         "paper": cfg.paper,
@@ -315,6 +320,6 @@ def export_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     cfg = run.config()
     task = get_task(run.task)
     data = task.load_data(cfg, run, progress=False)
-    model, dcard = deploy_checkpoint(run)
+    model, dcard = deploy_checkpoint(run, cfg, task, data)
     images = task.split_truth(data, "val")[0][:64]
     return export_and_check(Path(out or run.onnx), model, dcard, task, images)

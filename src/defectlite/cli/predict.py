@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--csv", type=Path, help="also write the results to this CSV file (one row per answer)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file (one object per image)")
     p.add_argument("--save-images", type=Path, metavar="DIR", help="write each image with its answer drawn on it")
+    p.add_argument(
+        "--min-confidence",
+        metavar="P",
+        help="classifier: answer 'uncertain' (with the top classes) below probability P; 'recommended' uses the "
+        "threshold the run chose on validation for its target accuracy (report.md, Calibration)",
+    )
     p.add_argument("--conf", type=float, help="detector: lowest box score shown (default: the model's)")
     p.add_argument("--iou", type=float, help="detector: IoU above which NMS drops a box (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             check_writable(path, folder=folder, what=flag)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    options = {k: v for k, v in (("conf", args.conf), ("iou", args.iou)) if v is not None}
+    given = (("conf", args.conf), ("iou", args.iou), ("min_confidence", args.min_confidence))
+    options = {k: v for k, v in given if v is not None}
     predictor = Predictor(args.model, threads=args.threads, **options)
     files = expand(args.paths)
     if not files:

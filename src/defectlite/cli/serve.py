@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("model", type=Path, metavar="MODEL", help="model.onnx from `defectlite export`, or its run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--min-confidence",
+        metavar="P",
+        help="classifier: answer 'uncertain' below probability P (a number or 'recommended': the run's threshold); "
+        "a request may ask for its own with ?min_confidence=",
+    )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
     p.add_argument("--max-batch", type=int, default=8, help="most images in one ONNX Runtime call (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait for a batch to fill, in ms")
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "body_idle_timeout_s": args.body_idle_timeout,
         "threads": threads,
         "explain": args.explain,
+        "options": {"min_confidence": args.min_confidence} if args.min_confidence is not None else None,
     }
     # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment
     os.environ[ENV_MODEL], os.environ[ENV_OPTIONS] = str(model), json.dumps(options)

@@ -25,7 +25,7 @@ from defectlite.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _classifier(model: nn.Module) -> list[nn.Module]:
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
     """The output layer(s) to keep intact: timm's ``get_classifier()``, else the last Linear."""
     if hasattr(model, "get_classifier"):
         head = model.get_classifier()
@@ -48,7 +48,7 @@ def _ignored_layers(model: nn.Module) -> list[nn.Module]:
     from timm.layers import MixedConv2d
 
     own = getattr(model, "pruning_ignored_layers", None)
-    out = list(own()) if callable(own) else _classifier(model)
+    out = list(own()) if callable(own) else classifier_layers(model)
     out += [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     out += [c for m in model.modules() if isinstance(m, MixedConv2d) for c in m.values()]
     return out

@@ -11,22 +11,31 @@ import numpy as np
 
 from defectlite.errors import CheckpointError, DataError
 
+UNCERTAIN = "uncertain"  # the answer below the confidence threshold: send the part to a person
+
 
 @dataclass(frozen=True)
 class Prediction:
     """The class of one image.
 
     Attributes:
-        label: predicted class name.
-        index: its index in ``Predictor.classes``.
-        probability: softmax probability of that class, in [0, 1].
+        label: predicted class name, or ``"uncertain"`` when its probability is below the threshold asked for
+            (``min_confidence``).
+        index: index of the most probable class in ``Predictor.classes`` (also when uncertain).
+        probability: softmax probability of that class, in [0, 1] (calibrated when the model was).
         probabilities: class name -> probability (sums to 1).
+        uncertain: True when the answer was withheld (``label == "uncertain"``).
     """
 
     label: str
     index: int
     probability: float
     probabilities: dict[str, float]
+    uncertain: bool = False
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes with their probabilities."""
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -36,11 +45,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def min_confidence(value: Any, meta: dict[str, Any]) -> float | None:
+    """The confidence threshold an option asks for: None (accept every answer), a number in [0, 1], or
+    ``"recommended"``: the one the run chose on validation (ONNX metadata ``min_confidence``).
+
+    Raises:
+        ConfigError: not a number in [0, 1], or ``recommended`` for a model exported without one.
+    """
+    from defectlite.errors import ConfigError
+
+    if value is None:
+        return None
+    if value == "recommended":
+        if "min_confidence" not in meta:
+            raise ConfigError("this model has no recommended confidence threshold (it was exported uncalibrated)")
+        return float(meta["min_confidence"])
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"min_confidence must be a number in [0, 1] or 'recommended', got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"min_confidence must be in [0, 1], got {v}")
+    return v
+
+
 class ClassifyRuntime:
     """Logits (N, K) -> one :class:`Prediction` per image."""
 
     name = "classify"
-    options: tuple[str, ...] = ()
+    options: tuple[str, ...] = ("min_confidence",)  # a number in [0, 1], or "recommended" (the model's own)
     eval_options: dict[str, Any] = {}
     score_key = "accuracy"  # the headline metric of :meth:`score` (prune / quantise tables)
 
@@ -57,12 +90,16 @@ class ClassifyRuntime:
     def postprocess(
         self, outputs: Sequence[np.ndarray], meta: dict[str, Any], sizes: Sequence[tuple[int, int]], **options: Any
     ) -> list[Prediction]:
-        """Softmax of the logits ``outputs[0]`` (N, K), one prediction per row."""
+        """Softmax of the logits ``outputs[0]`` (N, K), one prediction per row; ``uncertain`` below
+        ``min_confidence``."""
         classes = meta["classes"]
+        floor = min_confidence(options.get("min_confidence"), meta)
         out = []
         for p in softmax(np.asarray(outputs[0], dtype=np.float64)):
             i = int(p.argmax())
-            out.append(Prediction(classes[i], i, float(p[i]), {c: float(v) for c, v in zip(classes, p)}))
+            probs = {c: float(v) for c, v in zip(classes, p)}
+            unsure = floor is not None and p[i] < floor
+            out.append(Prediction(UNCERTAIN if unsure else classes[i], i, float(p[i]), probs, bool(unsure)))
         return out
 
     def as_dict(self, result: Prediction, meta: dict[str, Any]) -> dict[str, Any]:
@@ -72,11 +109,16 @@ class ClassifyRuntime:
             "index": result.index,
             "probability": result.probability,
             "probabilities": result.probabilities,
+            "uncertain": result.uncertain,
+            "top": [{"class": c, "probability": p} for c, p in result.top()],
         }
 
     def as_rows(self, result: Prediction, meta: dict[str, Any]) -> list[dict[str, str]]:
-        """One row: class and probability."""
-        return [{"class": result.label, "probability": f"{result.probability:.6f}"}]
+        """One row: class (``uncertain`` below the threshold), probability, and the best class when uncertain."""
+        row = {"class": result.label, "probability": f"{result.probability:.6f}"}
+        if result.uncertain:
+            row["top"] = " ".join(f"{c}:{p:.3f}" for c, p in result.top())
+        return [row]
 
     def draw(self, source: Any, result: Prediction, meta: dict[str, Any]):
         """The image (RGB, own size) with its class and probability written in the top-left corner."""
@@ -113,10 +155,17 @@ class ClassifyRuntime:
         return paths, np.array([index[n] for n in names], dtype=np.int64)
 
     def score(self, results: Sequence[Prediction], truths: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-        """Accuracy, MCC, macro / per-class precision, recall, F1 and the confusion matrix of ``results``."""
+        """Accuracy, MCC, macro / per-class precision, recall, F1 and the confusion matrix of ``results``; ECE (15
+        bins) and, for a model with a recommended threshold, the coverage and accuracy of the images it accepts."""
+        from defectlite.evaluate.calibration import ece, selective
         from defectlite.evaluate.metrics import classification_metrics
 
-        return classification_metrics(truths, [r.index for r in results], meta["classes"])
+        out = classification_metrics(truths, [r.index for r in results], meta["classes"])
+        probs = np.array([[r.probabilities[c] for c in meta["classes"]] for r in results])
+        out["ece"] = ece(probs, np.asarray(truths))
+        if "min_confidence" in meta:
+            out["operating_point"] = selective(probs, np.asarray(truths), float(meta["min_confidence"]))
+        return out
 
     def headline(self, metrics: dict[str, Any]) -> str:
         """``accuracy 99.44 %, MCC 99.33 % on 180 images``."""
@@ -124,7 +173,13 @@ class ClassifyRuntime:
 
     def summary(self, metrics: dict[str, Any]) -> list[str]:
         """A short per-class table for the terminal."""
-        lines = [self.headline(metrics), f"{'class':<24}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}"]
+        lines = [self.headline(metrics) + f", ECE {metrics['ece']:.4f}"]
+        op = metrics.get("operating_point")
+        if op:
+            acc = f"{100 * op['accuracy']:.2f} %" if op["accepted"] else "—"
+            share = f"{100 * op['coverage']:.1f} %"
+            lines.append(f"at the recommended p >= {op['threshold']:.4f}: {share} accepted, {acc} of them right")
+        lines.append(f"{'class':<24}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}")
         for c, m in metrics["per_class"].items():
             lines.append(f"{c:<24}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>9}")
         return lines

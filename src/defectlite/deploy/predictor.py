@@ -116,9 +116,14 @@ class Predictor:
         """The first raw output of a preprocessed batch (classifier: logits (N, K))."""
         return self.run(x)[0]
 
-    def answers(self, outputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[Any]:
-        """The task's results for raw outputs of a batch whose images had ``sizes`` (H, W)."""
-        return self.runtime.postprocess(outputs, self.meta, sizes, **self.options)
+    def answers(self, outputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], **options: Any) -> list[Any]:
+        """The task's results for raw outputs of a batch whose images had ``sizes`` (H, W); ``options`` override
+        the Predictor's own for this call (e.g. one request's ``min_confidence``).
+
+        Raises:
+            ConfigError: an option of a bad value.
+        """
+        return self.runtime.postprocess(outputs, self.meta, sizes, **{**self.options, **options})
 
     def predict_batch(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Any]:
         """Results for several images, in one ONNX Runtime call."""

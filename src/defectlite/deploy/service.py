@@ -133,6 +133,7 @@ def create_app(
     body_idle_timeout_s: float = 10.0,
     threads: int | None = None,
     explain: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving one exported model.
 
@@ -165,6 +166,9 @@ def create_app(
             spinning starves the event loop).
         explain: serve ``/v1/explain`` when the checkpoint is there. False skips loading it and PyTorch
             (about 0.7 GB less resident memory per worker; ``/v1/explain`` answers 501).
+        options: the server's default answer options of the model's task (classifier: ``min_confidence``, a
+            probability or ``"recommended"``: below it the answer is ``uncertain``; detector: ``conf``, ``iou``);
+            a request overrides them with query parameters or form fields of the same names.
 
     Raises:
         CheckpointError: missing model or model without defectlite metadata.
@@ -178,7 +182,7 @@ def create_app(
     if bad or max_wait_ms < 0:
         raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
     threads = threads or default_threads()
-    predictor = Predictor(model_path, threads=threads, spinning=False)
+    predictor = Predictor(model_path, threads=threads, spinning=False, **(options or {}))
     explainer, no_explain = _load_explainer(predictor.path, predictor) if explain else (None, "explain is switched off")
     batcher = MicroBatcher(  # the raw model output; the task's runtime turns each image's rows into its answer
         lambda x: predictor.run(x)[0], max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
@@ -204,6 +208,10 @@ def create_app(
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(ConfigError)
+    async def _bad_option(_request: Request, exc: ConfigError) -> JSONResponse:
+        return ApiError(422, "bad_option", str(exc)).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -245,8 +253,10 @@ def create_app(
 
     @app.post("/v1/predict", openapi_extra=MULTIPART_SCHEMA, summary="Classify one or more images")
     async def predict(request: Request) -> JSONResponse:
-        """Class, probabilities and model latency (ms, of the batched ONNX Runtime call) per image."""
-        _, files = await read_images(request)
+        """Class, probabilities and model latency (ms, of the batched ONNX Runtime call) per image; a classifier's
+        answer is ``uncertain`` (the top classes still given) below ``min_confidence`` (query or form field)."""
+        parts, files = await read_images(request)
+        asked = request_options(parts, request.query_params, predictor.runtime.options)
         # small uploads (a camera frame: ~0.3 ms to decode) are decoded on the event loop; a thread hop
         # costs about as much and contends for the GIL; large ones go to a worker thread
         small = sum(len(f.data) for f in files) <= INLINE_DECODE_BYTES
@@ -257,7 +267,7 @@ def create_app(
             raise ApiError(503, "busy", f"the model is busy, try again ({e})") from None
         results = [
             {"file": f.filename, **predictor.as_dict(a), "latency_ms": round(latency_ms, 3), "batch_size": batch_size}
-            for f, a in zip(files, predictor.answers([rows], sizes))
+            for f, a in zip(files, predictor.answers([rows], sizes, **asked))
         ]
         return JSONResponse({"model": meta.get("model"), "task": predictor.task, "results": results})
 
@@ -326,6 +336,24 @@ def create_app(
 
 
 INLINE_DECODE_BYTES = 256 * 1024  # uploads up to this size are decoded without a thread hop
+
+
+def request_options(parts: list[Part], query: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The answer options a request asks for (query parameters, then form fields), among ``allowed``.
+
+    Raises:
+        ApiError: 422 for a value that is not a number (``recommended`` is allowed for ``min_confidence``).
+    """
+    out: dict[str, Any] = {k: query[k] for k in allowed if k in query}
+    out |= {p.name: p.data.decode("utf-8", "replace") for p in parts if p.name in allowed}
+    for k, v in out.items():
+        if v == "recommended" and k == "min_confidence":
+            continue
+        try:
+            out[k] = float(v)
+        except ValueError:
+            raise ApiError(422, "bad_option", f"{k} must be a number, got {v!r}") from None
+    return out
 
 
 def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Response:

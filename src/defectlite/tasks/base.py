@@ -92,6 +92,14 @@ class Task:
         """The :class:`~defectlite.train.loop.StageData` the loop trains ``stage`` on."""
         raise NotImplementedError
 
+    def calibrate(self, model: nn.Module, data: Any, card: dict[str, Any], cfg: Any, out_dir: Path) -> dict | None:
+        """Calibrate the deployed model's scores on validation, in place (default: nothing to calibrate).
+
+        Returns:
+            What the card and report record of it, or None.
+        """
+        return None
+
     # -- evaluation and export ------------------------------------------------------------------------
     def export_module(self, model: nn.Module) -> nn.Module:
         """The module whose outputs the ONNX file holds (default: the model itself)."""

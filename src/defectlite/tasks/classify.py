@@ -175,6 +175,77 @@ class ClassifyTask(Task):
         h, w = images.shape[-2:]
         return images, labels, [(h, w)] * len(images)
 
+    def calibrate(self, model: nn.Module, data: SplitData, card: dict[str, Any], cfg, out_dir: Path) -> dict | None:
+        """Temperature scaling fitted on validation (NLL), folded into ``model``'s output layer; ECE / NLL before
+        and after on val and test, the confidence threshold reaching ``calibration.target_accuracy`` on
+        validation with its coverage on test, a reliability diagram and a risk-coverage curve.
+
+        Returns:
+            The ``calibration`` entry of the deployed card and report (None when switched off or impossible).
+        """
+        import logging
+
+        from defectlite.compress.reparam import reparameterize
+        from defectlite.compress.temperature import fold_temperature
+        from defectlite.errors import CheckpointError
+        from defectlite.evaluate import calibration as cal
+
+        c = cfg.calibration
+        (xv, yv), (xt, yt) = data.subset("val"), data.subset("test")
+        if not c.temperature or not len(yv):
+            return None
+        mean, std = card["mean"], card["std"]
+        fused = reparameterize(model)
+        lv, lt = (predict_logits(fused, x, mean, std) for x in (xv, xt))
+        t = cal.fit_temperature(lv, yv)
+        try:
+            fold_temperature(model, t, torch.from_numpy(normalize(xv[:32], mean, std)))
+        except CheckpointError as e:
+            logging.getLogger(__name__).warning("calibration skipped: %s", e)
+            return None
+        pv, pt = cal.softmax(lv / t), cal.softmax(lt / t)
+        threshold = cal.choose_threshold(pv, yv, c.target_accuracy)
+        out = {
+            "method": "temperature scaling (Guo et al. 2017), NLL on the validation split",
+            "temperature": t,
+            "val": cal.calibration_summary(lv, yv, t),
+            "test": cal.calibration_summary(lt, yt, t) if len(yt) else None,
+            "operating_point": {
+                "target_accuracy": c.target_accuracy,
+                "threshold": threshold,
+                "val": cal.selective(pv, yv, threshold),
+                "test": cal.selective(pt, yt, threshold),
+            },
+        }
+        out_dir = Path(out_dir)
+        curves = {"val before": (cal.softmax(lv), yv), "val after": (pv, yv)}
+        if len(yt):
+            curves |= {"test before": (cal.softmax(lt), yt), "test after": (pt, yt)}
+        rel = cal.write_reliability(curves, out_dir / "reliability.png")
+        rc = {"val": cal.risk_coverage(pv, yv)} | ({"test": cal.risk_coverage(pt, yt)} if len(yt) else {})
+        mark = out["operating_point"]["test"]
+        marks = [{"coverage": mark["coverage"], "risk": 1 - mark["accuracy"], "label": f"p >= {threshold:.3f}"}]
+        rcp = cal.write_risk_coverage(rc, out_dir / "risk_coverage.png", marks if mark["accepted"] else ())
+        out["figures"] = {"reliability": rel.name, "risk_coverage": rcp.name}
+        return out
+
+    def export_metadata(self, card: dict[str, Any]) -> dict[str, Any]:
+        """The calibration temperature and the recommended confidence threshold (``min_confidence``)."""
+        c = card.get("calibration")
+        if not c:
+            return {}
+        op = c["operating_point"]
+        return {"temperature": c["temperature"], "min_confidence": op["threshold"],
+                "target_accuracy": op["target_accuracy"]}  # fmt: skip
+
+    def report_lines(self, report: dict[str, Any]) -> list[str]:
+        """The test section, then calibration and the recommended operating point."""
+        from defectlite.evaluate.calibration import calibration_lines
+
+        lines = super().report_lines(report)
+        cal = report.get("calibration")
+        return [*lines, *calibration_lines(cal)] if cal and cal.get("test") else lines
+
     def ensemble_teacher(self, member_stems: list[Path], method: str, k: float, classes: list[str]) -> Ensemble:
         """The frozen, re-parameterised ensemble of the given member checkpoints (WeldNet paper Eq. 2).
 

@@ -143,6 +143,15 @@ class EnsembleCfg:
 
 
 @dataclass
+class CalibrationCfg:
+    """Calibrated probabilities and the reject option of the deployed classifier (Guo et al. 2017)."""
+
+    temperature: bool = True  # fit one temperature on the validation split (NLL) and fold it into the model
+    target_accuracy: Annotated[float, Range(gt=0, le=1)] = 0.995  # accuracy wanted on accepted images: sets the
+    # recommended confidence threshold on validation ("send to a human below p")
+
+
+@dataclass
 class ProfileCfg:
     """How speed is measured for the report."""
 
@@ -169,6 +178,7 @@ class RecipeCfg:
     student: StageCfg = field(default_factory=StageCfg)
     kd: KDCfg = field(default_factory=KDCfg)
     ensemble: EnsembleCfg = field(default_factory=EnsembleCfg)
+    calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
     profile: ProfileCfg = field(default_factory=ProfileCfg)
     paper: dict[str, Any] = field(default_factory=dict)  # the source paper's numbers, for the report
 

@@ -1,5 +1,6 @@
-// defectlite inspection page: send each dropped or picked image to /v1/predict, show its class and
-// probability bars, and on request the Grad-CAM overlay from /v1/explain. No build step, no libraries.
+// defectlite inspection page: send each dropped or picked image to /v1/predict; for a classifier show its
+// class and probability bars ("uncertain" answers marked for a person), for a detector draw its boxes over the
+// image; on request the Grad-CAM overlay from /v1/explain. No build step, no libraries.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -30,15 +31,60 @@ function showError(card, message) {
   card.classList.add("failed");
 }
 
+const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"];
+
+function showDetections(card, result, img) {
+  // boxes are in the pixels of the original image: scale them to the thumbnail as drawn
+  const canvas = $(".boxes", card);
+  const draw = () => {
+    const scale = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+    const dx = (img.clientWidth - img.naturalWidth * scale) / 2, dy = (img.clientHeight - img.naturalHeight * scale) / 2;
+    canvas.width = img.clientWidth;
+    canvas.height = img.clientHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.lineWidth = 2;
+    ctx.font = "11px system-ui, sans-serif";
+    for (const b of result.boxes) {
+      const [x1, y1, x2, y2] = b.box.map((v, i) => (i % 2 ? v * scale + dy : v * scale + dx));
+      ctx.strokeStyle = ctx.fillStyle = PALETTE[b.index % PALETTE.length];
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      ctx.fillText(`${b.class} ${b.score.toFixed(2)}`, x1 + 2, Math.max(y1 - 3, 10));
+    }
+  };
+  if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
+  canvas.hidden = false;
+  $(".label", card).textContent = result.boxes.length ? `${result.boxes.length} defect(s)` : "no defect found";
+  const list = $(".bars", card);
+  for (const b of result.boxes) {
+    const li = document.createElement("li");
+    li.dataset.class = b.class;
+    li.textContent = `${b.class} ${(100 * b.score).toFixed(1)} % at [${b.box.map((v) => v.toFixed(0)).join(", ")}]`;
+    list.append(li);
+  }
+}
+
 function showPrediction(card, result) {
-  $(".label", card).textContent = result.class;
+  if (result.boxes) {
+    showDetections(card, result, $(".thumb", card));
+    $(".meta", card).textContent = `model ${result.latency_ms.toFixed(1)} ms (batch of ${result.batch_size})`;
+    card.dataset.state = "done";
+    return;
+  }
+  if (result.uncertain) {
+    card.classList.add("uncertain");
+    const top = result.top.map((t) => `${t.class} ${(100 * t.probability).toFixed(1)} %`).join(", ");
+    $(".label", card).textContent = "uncertain: send to a person";
+    $(".label", card).title = `most probable: ${top}`;
+  } else {
+    $(".label", card).textContent = result.class;
+  }
   $(".prob", card).textContent = `${(100 * result.probability).toFixed(1)} %`;
   const bars = $(".bars", card);
   const entries = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
   for (const [name, p] of entries) {
     const li = document.createElement("li");
     li.dataset.class = name;
-    if (name === result.class) li.classList.add("top");
+    if (name === (result.top ? result.top[0].class : result.class)) li.classList.add("top");
     const label = document.createElement("span");
     label.textContent = name;
     const bar = document.createElement("span");
@@ -111,8 +157,9 @@ async function loadModel() {
     model = await resp.json();
     const size = model.input_size.join(" x ");
     const cam = model.explain ? "Grad-CAM available" : "Grad-CAM unavailable";
+    const task = model.task === "detect" ? "detector" : "classifier";
     $("#model-info").textContent =
-      `${model.model} · ${model.classes.length} classes (${model.classes.join(", ")}) · input ${size} · ${cam}`;
+      `${model.model} (${task}) · ${model.classes.length} classes (${model.classes.join(", ")}) · input ${size} · ${cam}`;
   } catch (e) {
     $("#model-info").textContent = `could not read /v1/model: ${e.message}`;
   }
