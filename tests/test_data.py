@@ -69,14 +69,15 @@ def test_prepare_writes_and_reuses_splits_csv(neu_small, tmp_path):
 
 def test_presplit_tree_gets_val_from_train(shared_data, tmp_path):
     link_casting_subset(tmp_path, 10)
-    d = prepare(tmp_path, size=(32, 32), seed=0, progress=False)
+    d = prepare(tmp_path, size=(32, 32), seed=0, drop_leaks=False, progress=False)
     test_paths = {p for p, s in zip(d.paths, d.splits) if s == "test"}
     assert all(p.startswith("test/") for p in test_paths) and len(test_paths) == 20
     assert d.counts()["val"] == 2 * round(10 * 0.1 / 0.9)
 
 
 def test_casting_leaks_are_found_and_dropped(shared_data, tmp_path):
-    """Byte-identical train/test files in the casting set are reported, and optionally dropped."""
+    """Byte-identical train/test files in the casting set are reported and left out of the scores by default
+    (main kept them unless --drop-leaks was given)."""
     src = shared_data / "casting-product"
     by_hash = {hashlib.sha1(f.read_bytes()).hexdigest(): f for f in sorted((src / "train/ok_front").iterdir())}
     leaked = [
@@ -93,11 +94,34 @@ def test_casting_leaks_are_found_and_dropped(shared_data, tmp_path):
         for f in sorted((src / split / "def_front").iterdir())[:4]:
             os.symlink(f, tmp_path / split / "def_front" / f.name)
         os.symlink(sorted((src / split / "ok_front").iterdir())[-1], tmp_path / split / "ok_front" / "extra.jpeg")
-    kept = prepare(tmp_path, size=(32, 32), ratios=(1.0, 0.0, 0.0), seed=0, progress=False)
+    kept = prepare(tmp_path, size=(32, 32), ratios=(1.0, 0.0, 0.0), seed=0, drop_leaks=False, progress=False)
     assert len(kept.leaks) == 3 and {leak.split for leak in kept.leaks} == {"test"}
     assert kept.counts()["test"] == 3 + 4 + 1
-    dropped = prepare(tmp_path, size=(32, 32), ratios=(1.0, 0.0, 0.0), seed=0, drop_leaks=True, progress=False)
+    dropped = prepare(tmp_path, size=(32, 32), ratios=(1.0, 0.0, 0.0), seed=0, progress=False)
     assert dropped.dropped_leaks and dropped.counts()["test"] == 4 + 1
+    assert any("left out of the evaluated split" in w for w in dropped.warnings)
+
+
+def test_duplicates_land_in_one_split_and_label_conflicts_are_warned(shared_data, tmp_path):
+    """A folder defectlite splits keeps identical files together; identical files under two classes and a class
+    too small to reach val/test are warnings of the run (main said nothing)."""
+    src = shared_data / "neu-surface-defect" / "images"
+    for cls in ("a", "b", "tiny"):
+        (tmp_path / cls).mkdir()
+    files = sorted(src.glob("crazing_*.jpg"))[:30]
+    for i, f in enumerate(files[:20]):  # byte-identical copies in tmp (one file linked twice is refused)
+        shutil.copy(f, tmp_path / "a" / f"x{i}.jpg")
+        shutil.copy(f, tmp_path / "a" / f"y{i}.jpg")  # every image twice in one class: 20 pairs
+    for f in files[20:30]:
+        os.symlink(f, tmp_path / "b" / f.name)
+    shutil.copy(files[0], tmp_path / "tiny" / "same_as_a.jpg")  # the same bytes labelled "tiny" and "a"
+    d = prepare(tmp_path, size=(32, 32), seed=3, progress=False)
+    by_digest = {}
+    for p, s in zip(d.paths, d.splits):
+        by_digest.setdefault(hashlib.sha1((tmp_path / p).read_bytes()).hexdigest(), set()).add(s)
+    assert all(len(s) == 1 for s in by_digest.values()) and not d.leaks
+    assert any(w.startswith("label conflict") and "tiny" in w for w in d.warnings)
+    assert any("'tiny' has 1 image(s) and none in val / test" in w for w in d.warnings)
 
 
 def test_find_leaks_ignores_train_only_duplicates():

@@ -511,12 +511,12 @@ def test_leaks_across_folder_splits_are_found_and_dropped(voc_tree, tmp_path):
     (root / "labels" / "val" / "copy_of_crazing_1.txt").write_text(
         (root / "labels" / "train" / "crazing_1.txt").read_text()
     )
-    data = prepare_detection(root, size=(64, 64), progress=False)
+    data = prepare_detection(root, size=(64, 64), drop_leaks=False, progress=False)
     assert [(leak.path, leak.duplicate_of) for leak in data.leaks] == [
         ("images/val/copy_of_crazing_1.jpg", "images/train/crazing_1.jpg")
     ]
     assert data.counts() == {"train": 7, "val": 7, "test": 0}  # the folders' split; no val carved from train
-    dropped = prepare_detection(root, size=(64, 64), drop_leaks=True, progress=False)
+    dropped = prepare_detection(root, size=(64, 64), progress=False)  # dropped by default
     assert "images/val/copy_of_crazing_1.jpg" not in dropped.paths and dropped.counts()["val"] == 6
 
 

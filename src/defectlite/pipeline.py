@@ -257,6 +257,7 @@ def data_summary(data: Any) -> dict[str, Any]:
         "dropped_leaks": data.dropped_leaks,
         "leaked": [vars(leak) for leak in data.leaks],
         "skipped": data.skipped,
+        "warnings": list(getattr(data, "warnings", [])),
     }
 
 

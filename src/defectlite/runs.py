@@ -173,7 +173,8 @@ def create_run(
         argv: the command line, recorded for the report.
 
     Raises:
-        ConfigError: ``root`` already holds a run of another config or teacher (resume it with ``--resume``).
+        ConfigError: ``root`` already holds a run of another config or teacher that trained something (resume it
+            with ``--resume``; a folder where nothing was trained yet is simply started again).
     """
     from defectlite.train.config import dump_recipe
 
@@ -189,7 +190,7 @@ def create_run(
         "deployed_stage": deployed_stage_of(cfg),
         "teacher": vars(teacher) if teacher else None,
     }
-    if (root / CONFIG).is_file():
+    if (root / CONFIG).is_file() and trained_anything(root):
         old = open_run(root)
         same = old.config_path.read_text() == text and old.teacher == teacher
         if not same:
@@ -203,6 +204,14 @@ def create_run(
     run = Run(root, {**manifest, "argv": list(argv if argv is not None else sys.argv), "versions": _versions()})
     run.record()
     return run
+
+
+def trained_anything(root: Path) -> bool:
+    """Whether a run folder holds any training result (a stage that finished an epoch, or a deployed model).
+
+    A folder whose run stopped before that (bad data, a typo in the command) may be started again with other
+    options into the same ``--out``: there is nothing to lose."""
+    return any(root.glob("*/last.safetensors")) or (root / "model.json").is_file()
 
 
 def open_run(root: str | Path) -> Run:

@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         metavar="KEY=VALUE",
         help="recipe override for every run",
     )
-    p.add_argument("--drop-leaks", action="store_true", help="drop val/test images identical to training images")
+    p.add_argument(
+        "--keep-leaks", action="store_true", help="keep val/test images identical to training images in the scores"
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -79,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     sets = list(args.overrides)
     if args.data:
         sets += [f"data.path={args.data}", "data.format=auto"]
-    if args.drop_leaks:
-        sets.append("data.drop_leaks=true")
+    if args.keep_leaks:
+        sets.append("data.keep_leaks=true")
     cfg = load_recipe(args.recipe)
     models = split_models(args.models)
     out = args.out or default_out(args.recipe, models, sets)

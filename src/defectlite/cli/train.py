@@ -11,7 +11,7 @@ from defectlite.cli.options import add_command
 DEFAULT_RECIPE = "neu-kd-eg-repvgg-fast"
 # options that define a run: given beside --resume they would change it, so they are refused
 RUN_OPTIONS = ("data", "format", "recipe", "model", "seed", "channels", "epochs", "overrides", "teacher", "ensemble",
-               "teacher_ensemble", "skip_bad", "drop_leaks")  # fmt: skip
+               "teacher_ensemble", "skip_bad", "keep_leaks")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction, parents: list) -> None:
@@ -81,10 +81,11 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         "--skip-bad", action="store_true", default=None, help="leave unreadable images out (listed) instead of failing"
     )
     p.add_argument(
-        "--drop-leaks",
+        "--keep-leaks",
         action="store_true",
         default=None,
-        help="drop val/test images byte-identical to a training image from the evaluated split",
+        help="keep val/test images byte-identical to a training image in the scores (they are left out by default; "
+        "a split defectlite makes keeps identical files together anyway)",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, metavar="RUN", help="run folder (default: runs/<recipe>-s<seed>-<time>)")
@@ -119,8 +120,8 @@ def build_config(args: argparse.Namespace):
             sets.append(f"{key}={value}")
     if args.skip_bad:
         sets.append("data.skip_bad=true")
-    if args.drop_leaks:
-        sets.append("data.drop_leaks=true")
+    if args.keep_leaks:
+        sets.append("data.keep_leaks=true")
     if args.data and args.format is None:
         sets.append("data.format=auto")
     return apply_overrides(cfg, sets)

@@ -41,6 +41,8 @@ class SplitData:
         leaks: val/test images byte-identical to an image of an earlier split.
         dropped_leaks: True when the leaked images were removed from val/test.
         skipped: (path, reason) of unreadable files left out (``skip_bad``).
+        warnings: what the run's log and report must say about the data (label conflicts, classes too small
+            for the split, duplicates moved together).
     """
 
     root: Path
@@ -53,6 +55,7 @@ class SplitData:
     leaks: list[Leak] = field(default_factory=list)
     dropped_leaks: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images (n, C, H, W) uint8, labels (n,)) of one split."""
@@ -81,7 +84,7 @@ def prepare(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     splits_csv: Path | None = None,
-    drop_leaks: bool = False,
+    drop_leaks: bool = True,
     skip_bad: bool = False,
     train_fraction: float = 1.0,
     progress: bool = True,
@@ -99,7 +102,9 @@ def prepare(
         ratios: train/val/test fractions for folders that are not pre-split.
         seed: split seed.
         splits_csv: the run's split file (read if present, else written).
-        drop_leaks: remove val/test images byte-identical to a training image.
+        drop_leaks: remove val/test images byte-identical to an image of an earlier split from the evaluated
+            split (default; they can only leak on a pre-split folder: a split that defectlite makes keeps
+            identical files together).
         skip_bad: leave unreadable images out (listed in ``skipped``) instead of failing.
         train_fraction: keep only this stratified share of the training split (seeded by ``seed``;
             ``splits.csv`` still lists the full split).
@@ -130,7 +135,7 @@ def prepare_index(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     splits_csv: Path | None = None,
-    drop_leaks: bool = False,
+    drop_leaks: bool = True,
     skip_bad: bool = False,
     train_fraction: float = 1.0,
     progress: bool = True,
@@ -147,17 +152,26 @@ def prepare_index(
         samples, split_of = index.samples, None
     decoded = decode_images([s.path for s in samples], size, channels, skip_bad=skip_bad, progress=progress)
     kept = [samples[i] for i in decoded.kept]
+    paths = [s.path.relative_to(index.root).as_posix() for s in kept]
+    warnings = label_conflicts(paths, [index.classes[s.label] for s in kept], decoded.digests)
     if split_of is None:
         kept_index = DatasetIndex(index.root, index.format, index.classes, kept)
         split_of = assign_splits(kept_index, ratios, seed)
+        if not kept_index.presplit:
+            split_of, moved = group_duplicates(split_of, decoded.digests)
+            if moved:
+                warnings.append(f"{moved} duplicate image(s) moved into the split of their identical copy")
         if splits_csv is not None:
             write_splits_csv(splits_csv, kept_index, split_of, decoded.digests)
     else:
         split_of = [split_of[i] for i in decoded.kept]
-    paths = [s.path.relative_to(index.root).as_posix() for s in kept]
+    warnings += small_classes([index.classes[s.label] for s in kept], split_of)
     leaks = find_leaks(paths, split_of, decoded.digests)
     if leaks:
-        log.warning("%d val/test image(s) are byte-identical to images of an earlier split", len(leaks))
+        action = "left out of the evaluated split" if drop_leaks else "kept (--keep-leaks): scores include them"
+        warnings.append(f"{len(leaks)} val/test image(s) are byte-identical to images of an earlier split: {action}")
+    for w in warnings:
+        log.warning("%s", w)
     keep = np.array(subsample_train([s.label for s in kept], split_of, train_fraction, seed))
     if drop_leaks and leaks:
         leaked = {leak.path for leak in leaks}
@@ -173,7 +187,48 @@ def prepare_index(
         leaks=leaks,
         dropped_leaks=bool(drop_leaks and leaks),
         skipped=decoded.skipped,
+        warnings=warnings,
     )
+
+
+def group_duplicates(splits: Sequence[str], digests: Sequence[str]) -> tuple[list[str], int]:
+    """Put byte-identical files in one split (the earliest of train, val, test among the copies), so that a
+    split defectlite makes never scores an image it trained on.
+
+    Returns:
+        (the new split per item, how many items moved).
+    """
+    order = {"train": 0, "val": 1, "test": 2}
+    first: dict[str, str] = {}
+    for split, digest in zip(splits, digests):
+        if digest and (digest not in first or order[split] < order[first[digest]]):
+            first[digest] = split
+    out = [first.get(d, s) if d else s for s, d in zip(splits, digests)]
+    return out, sum(a != b for a, b in zip(out, splits))
+
+
+def label_conflicts(paths: Sequence[str], classes: Sequence[str], digests: Sequence[str]) -> list[str]:
+    """Warnings for byte-identical files labelled with different classes (one of the labels is wrong)."""
+    by_digest: dict[str, list[tuple[str, str]]] = {}
+    for p, c, d in zip(paths, classes, digests):
+        if d:
+            by_digest.setdefault(d, []).append((p, c))
+    out = []
+    for copies in by_digest.values():
+        if len({c for _, c in copies}) > 1:
+            out.append("label conflict: the same image is labelled " + ", ".join(f"{c} ({p})" for p, c in copies))
+    return out
+
+
+def small_classes(classes: Sequence[str], splits: Sequence[str]) -> list[str]:
+    """Warnings for classes without an image in the validation or the test split (too small for the split)."""
+    out, present = [], [s for s in ("val", "test") if s in set(splits)]
+    for c in sorted(set(classes)):
+        missing = [s for s in present if not any(k == c and x == s for k, x in zip(classes, splits))]
+        if missing:
+            n = sum(k == c for k in classes)
+            out.append(f"class {c!r} has {n} image(s) and none in {' / '.join(missing)}: its scores there are missing")
+    return out
 
 
 class ArrayDataset(Dataset):

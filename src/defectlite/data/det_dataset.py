@@ -94,7 +94,7 @@ def prepare_detection(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     splits_csv: Path | None = None,
-    drop_leaks: bool = False,
+    drop_leaks: bool = True,
     skip_bad: bool = False,
     train_fraction: float = 1.0,
     progress: bool = True,

@@ -177,7 +177,7 @@ def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
         f"(model selection on val only; test read once, at the end).",
     ]
     if data.get("leaks"):
-        action = "dropped from the evaluated split" if data.get("dropped_leaks") else "kept (use --drop-leaks)"
+        action = "left out of the evaluated split" if data.get("dropped_leaks") else "kept (--keep-leaks)"
         lines.append(
             f"Leak check: {data['leaks']} val/test images are byte-identical to earlier-split images: {action}."
         )
@@ -185,6 +185,7 @@ def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
         lines.append("Leak check: no val/test image is byte-identical to a training image.")
     if data.get("skipped"):
         lines.append(f"Skipped unreadable images: {len(data['skipped'])} (listed in report.json).")
+    lines += [f"**Warning:** {w}." for w in data.get("warnings", [])]
     lines += ["", *task_lines, *_figures_lines(r.get("figures", {}))]
     lines += [
         "## Training",

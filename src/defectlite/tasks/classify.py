@@ -133,7 +133,7 @@ class ClassifyTask(Task):
             seed=cfg.seed,
             splits_csv=run.splits_csv,
             train_fraction=d.train_fraction,
-            drop_leaks=d.drop_leaks,
+            drop_leaks=not d.keep_leaks,
             skip_bad=d.skip_bad,
             progress=progress,
         )

@@ -160,7 +160,7 @@ class DetectTask(Task):
             ratios=d.split,
             seed=cfg.seed,
             splits_csv=run.splits_csv,
-            drop_leaks=d.drop_leaks,
+            drop_leaks=not d.keep_leaks,
             skip_bad=d.skip_bad,
             train_fraction=d.train_fraction,
             progress=progress,

@@ -60,7 +60,7 @@ class DataCfg:
     input_size: list[Annotated[int, AtLeastOne]] = field(default_factory=lambda: [200, 200])  # (H, W) in pixels
     channels: Literal[1, 3] = 1  # 1 = grey (NEU, casting), 3 = RGB
     split: list[Annotated[float, Fraction]] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test
-    drop_leaks: bool = False  # drop val/test images byte-identical to a training image
+    keep_leaks: bool = False  # keep val/test images byte-identical to an earlier split's in the scores (default: drop)
     train_fraction: Annotated[float, Range(gt=0, le=1)] = 1.0  # keep this stratified share of the training split
     skip_bad: bool = False  # leave unreadable images out (listed in the report) instead of failing
 
