@@ -28,6 +28,7 @@ from defectlite.evaluate.profile import count_macs, count_params, file_size_mb, 
 from defectlite.evaluate.report import write_curves, write_report
 from defectlite.runs import Run, TeacherSource, create_run, open_run
 from defectlite.tasks import get_task
+from defectlite.train import distributed as dist
 from defectlite.train.config import RecipeCfg, StageCfg
 from defectlite.train.loop import FitResult, fit, read_history
 from defectlite.utils import seed_everything
@@ -61,7 +62,7 @@ def train_stage(
         objective_options: passed to ``task.objective`` (classification: ``hard_alpha`` for pseudo-labels).
     """
     seed = cfg.seed if seed is None else seed
-    seed_everything(seed)
+    seed_everything(seed)  # the same initialisation on every rank (DDP also broadcasts rank 0's weights)
     if model is None:
         model, model_card = task.build_model(stage, card, data)
     objective = task.objective(stage, cfg, teacher, model_card, **objective_options)
@@ -117,17 +118,42 @@ def resolve_teacher(path: str | Path) -> Path:
     raise CheckpointError(f"no teacher checkpoint in {p} (give a run folder or a checkpoint's .json / .safetensors)")
 
 
+def _train_members(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict, indices, progress: bool) -> dict:
+    """Train (or resume) ensemble members ``indices``: member i in ``RUN/member<i>`` with seed 1000 seed + i (its
+    own initialisation, batch order and augmentation; WeldNet paper, Algorithm 1)."""
+    member, out = cfg.ensemble.member or cfg.student, {}
+    for i in indices:
+        res = train_stage(run, f"member{i}", member, cfg, task, data, card, seed=1000 * cfg.seed + i, progress=progress)
+        out[f"member{i}"] = stage_summary(member, res)
+    return out
+
+
+def train_members(run: Run, members: list[int], progress: bool = True) -> dict[str, Any]:
+    """Train only the given ensemble members of ``run`` (``defectlite train --members 0,2``); the run is distilled
+    later, by ``--resume`` once every member is there (or ``--teacher-ensemble RUN`` from another run).
+
+    Raises:
+        ConfigError: the recipe has no ensemble, or an index is not below ``ensemble.members``.
+    """
+    from defectlite.errors import ConfigError
+
+    cfg = run.config()
+    task = get_task(run.task)
+    task.check_config(cfg)
+    n = cfg.ensemble.members
+    if not n or max(members) >= n:
+        raise ConfigError(f"--members {members}: the run's recipe trains {n} ensemble members (0 .. {n - 1})")
+    data = task.load_data(cfg, run, progress)
+    return _train_members(run, cfg, task, data, task.card(cfg, data), members, progress)
+
+
 def _teacher(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, Any], stages: dict, progress: bool):
     """The frozen, re-parameterised teacher of the student and the objective options it implies (or None)."""
     source, ens = run.teacher, cfg.ensemble
     options: dict[str, Any] = {}
     if ens.members > 0 or (source and source.kind == "ensemble"):
         if source is None or source.kind != "ensemble":
-            member = ens.member or cfg.student
-            for i in range(ens.members):
-                res = train_stage(run, f"member{i}", member, cfg, task, data, card, seed=1000 * cfg.seed + i,
-                                  progress=progress)  # fmt: skip
-                stages[f"member{i}"] = stage_summary(member, res)
+            stages |= _train_members(run, cfg, task, data, card, range(ens.members), progress)
             stems = [run.best(m) for m in run.members()]
         else:
             other = open_run(source.path)
@@ -168,18 +194,30 @@ def train_run(
         DataError, ConfigError, CheckpointError, TrainingError: bad data, recipe, teacher, or a diverged stage.
     """
     get_task(cfg.task).check_config(cfg)  # before anything is written or read
-    return resume_run(create_run(run_dir, cfg, teacher=teacher, argv=argv), progress=progress)
+    w = dist.init_from_env(cfg.device)
+    run = create_run(run_dir, cfg, teacher=teacher, argv=argv) if w.main else None
+    dist.barrier()
+    return resume_run(run or open_run(run_dir), progress=progress)
 
 
-def resume_run(run: Run, progress: bool = True) -> dict[str, Any]:
-    """Run (or finish) everything ``run``'s config and manifest say, resuming whatever is already there."""
+def resume_run(run: Run, progress: bool = True) -> dict[str, Any] | None:
+    """Run (or finish) everything ``run``'s config and manifest say, resuming whatever is already there.
+
+    Under ``torchrun`` every rank trains (data-parallel, :mod:`defectlite.train.distributed`); rank 0 alone
+    deploys, evaluates, exports and reports, and the other ranks return None.
+    """
     cfg = run.config()
     task = get_task(run.task)
     task.check_config(cfg)
-    if cfg.threads:  # 0 keeps PyTorch's default: all cores, or $OMP_NUM_THREADS
+    w = dist.init_from_env(cfg.device)
+    if cfg.threads:  # 0 keeps PyTorch's default: all cores, or $OMP_NUM_THREADS (torchrun / --nproc set it)
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    data = task.load_data(cfg, run, progress)
+    if not w.main:
+        dist.barrier()  # rank 0 reads, splits and caches the data first; the others reuse its splits.csv and cache
+    data = task.load_data(cfg, run, progress and w.main)
+    if w.main:
+        dist.barrier()
     log.info("data: %s, classes %s, split %s", data.root, data.classes, data.counts())
     card = task.card(cfg, data)
     stages: dict[str, Any] = {}
@@ -188,6 +226,8 @@ def resume_run(run: Run, progress: bool = True) -> dict[str, Any]:
         res = train_stage(run, "student", cfg.student, cfg, task, data, card, teacher=teacher, progress=progress,
                           **options)  # fmt: skip
         stages["student"] = stage_summary(cfg.student, res)
+    if not w.main:
+        return None
     report = finish_run(run, cfg, task, data, card, stages)
     report["wall_minutes"] = (time.perf_counter() - t0) / 60
     write_report(run.root, report, task.report_lines(report))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -87,6 +88,26 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         help="keep val/test images byte-identical to a training image in the scores (they are left out by default; "
         "a split defectlite makes keeps identical files together anyway)",
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (re-runs itself under `torchrun --standalone "
+        "--nproc_per_node N`; gloo on CPU, NCCL on CUDA; the recipe's batch_size stays the global batch). Several "
+        "machines: start `torchrun --nnodes ... -m defectlite.cli.main train ...` on each",
+    )
+    p.add_argument(
+        "--members",
+        metavar="I,J,...",
+        help="train only these ensemble members into the run folder and stop (spread members over machines with any "
+        "scheduler; then distil with --teacher-ensemble RUN, or --resume the run once all members are there)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="J",
+        help="train the ensemble members J at a time as separate processes, the cores split between them",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, metavar="RUN", help="run folder (default: runs/<recipe>-s<seed>-<time>)")
     where.add_argument(
@@ -156,27 +177,119 @@ def _teacher_source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(args)
+    members = _members(args.members)
     if args.resume:
         _refuse_with_resume(args)
-        from defectlite.pipeline import resume_run
+        from defectlite.pipeline import resume_run, train_members
         from defectlite.runs import open_run
 
         run_dir = args.resume
         run_obj = open_run(run_dir)
         args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
-        print(f"resuming {run_dir}")
+        if members is not None:
+            train_members(run_obj, members, progress=not args.quiet)
+            return 0
+        _print_main(f"resuming {run_dir}")
+        if args.jobs:
+            _parallel_members(run_obj, args)
         report = resume_run(run_obj, progress=not args.quiet)
     else:
         cfg = build_config(args)  # a bad value fails here, before PyTorch is even imported
-        from defectlite.pipeline import train_run
+        from defectlite.pipeline import train_members, train_run
+        from defectlite.runs import create_run
+        from defectlite.train import distributed as dist
 
         teacher = _teacher_source(args)
-        run_dir = args.out or Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dist.init_from_env(cfg.device)
+        default = Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = dist.broadcast(args.out or default)  # every rank writes to rank 0's folder
         args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
-        print(f"run folder: {run_dir}")
+        _print_main(f"run folder: {run_dir}")
+        if members is not None or args.jobs:
+            run_obj = create_run(run_dir, cfg, teacher=teacher, argv=args.argv)
+            if members is not None:
+                train_members(run_obj, members, progress=not args.quiet)
+                _print_main(f"trained member(s) {members} into {run_dir}; distil with --resume {run_dir}")
+                return 0
+            _parallel_members(run_obj, args)
         report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=args.argv)
-    print_summary(report, Path(run_dir))
+    if report is not None:  # rank 0 (or a single process)
+        print_summary(report, Path(run_dir))
     return 0
+
+
+def _print_main(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(text, flush=True)
+
+
+def _members(text: str | None) -> list[int] | None:
+    from defectlite.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        out = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise ConfigError(f"--members takes member indices like 0,2 (got {text!r})") from None
+    if not out or min(out) < 0:
+        raise ConfigError(f"--members takes member indices >= 0 (got {text!r})")
+    return out
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace) -> int:
+    """``--nproc N``: run this same command under ``torchrun --standalone --nproc_per_node N`` with the cores
+    split between the processes, and the run folder fixed here so that every rank writes to it."""
+    import subprocess
+    import sys
+
+    argv, skip = [], False
+    for a in args.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if not a.startswith("--nproc="):
+            argv.append(a)
+    if args.out is None and args.resume is None:
+        cfg = build_config(args)
+        argv += ["--out", str(Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // args.nproc))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "defectlite.cli.main", *argv]  # fmt: skip
+    print("$", " ".join(cmd[1:]), flush=True)
+    return subprocess.run(cmd, env=env).returncode
+
+
+def _parallel_members(run_obj, args: argparse.Namespace) -> None:
+    """``--jobs J``: train the run's ensemble members J at a time, each in its own process with cores / J
+    threads, then return (the distillation continues in this process)."""
+    import subprocess
+    import sys
+
+    from defectlite.errors import TrainingError
+
+    n = run_obj.config().ensemble.members
+    todo = list(range(n))  # a finished member's job returns at once (its stage resumes to the end)
+    if not n:
+        return
+    jobs = max(1, min(args.jobs, n))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}
+    groups = [todo[j::jobs] for j in range(jobs) if todo[j::jobs]]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "defectlite.cli.main", "-q", "train", "--resume", str(run_obj.root),
+                          "--members", ",".join(map(str, g))], env=env)
+        for g in groups
+    ]  # fmt: skip
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise TrainingError(f"member job(s) failed with exit codes {codes}; resume with --resume {run_obj.root}")
 
 
 def print_summary(report: dict, run_dir: Path) -> None:

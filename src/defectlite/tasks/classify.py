@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from defectlite.data import SplitData, prepare, resolve_data_path
 from defectlite.data.augment import train_augment
@@ -27,6 +26,7 @@ from defectlite.deploy.labels import ClassifyRuntime
 from defectlite.errors import ConfigError
 from defectlite.tasks.base import Task
 from defectlite.train.device import autocast
+from defectlite.train.distributed import loader
 from defectlite.train.ensemble import Ensemble, PseudoLabel
 from defectlite.train.objectives import CrossEntropy, LogitDistill
 
@@ -86,9 +86,8 @@ class ClassifyStageData:
     def start_epoch(self, epoch: int, epochs: int) -> None:
         pass
 
-    def batches(self, batch_size: int, generator: torch.Generator):
-        drop = len(self.dataset) >= batch_size
-        return DataLoader(self.dataset, batch_size, shuffle=True, drop_last=drop, generator=generator)
+    def batches(self, batch_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
+        return loader(self.dataset, batch_size, generator, shard)
 
     def inputs(self, batch, device):
         xb, yb = batch

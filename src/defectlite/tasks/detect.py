@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from defectlite.data import resolve_data_path
 from defectlite.data.anchors import anchor_fit, kmeans_anchors
@@ -34,6 +33,7 @@ from defectlite.models.yolo import STRIDES, DetectorExport, flatten_outputs
 from defectlite.tasks.base import Task
 from defectlite.train.det_loss import DetectionDistill, DetectionLoss
 from defectlite.train.device import autocast
+from defectlite.train.distributed import loader
 
 SCORE_THRESHOLD, IOU_THRESHOLD, MAX_DET = 0.25, 0.45, 300  # the deployed model's defaults (ONNX metadata)
 
@@ -76,11 +76,8 @@ class DetectStageData:
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.dataset.mosaic_prob = 0.0 if epoch >= epochs - self.close_mosaic else self.mosaic_prob
 
-    def batches(self, batch_size: int, generator: torch.Generator):
-        drop = len(self.dataset) >= batch_size
-        return DataLoader(
-            self.dataset, batch_size, shuffle=True, drop_last=drop, generator=generator, collate_fn=collate
-        )
+    def batches(self, batch_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
+        return loader(self.dataset, batch_size, generator, shard, collate_fn=collate)
 
     def inputs(self, batch, device):
         images, targets = batch

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from defectlite.checkpoint import save_checkpoint
 from defectlite.errors import TrainingError
+from defectlite.train import distributed as dist
 from defectlite.train.averaging import WeightAverage
 from defectlite.train.config import OptimCfg
 from defectlite.train.device import autocast, resolve_amp, resolve_device
@@ -59,8 +60,9 @@ class StageData(Protocol):
     score_name: str
     train_size: int
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterable[Any]:
-        """One epoch of training batches, in an order drawn from ``generator``."""
+    def batches(self, batch_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> Iterable[Any]:
+        """One epoch of training batches, in an order drawn from ``generator``; under DDP ``shard`` = (rank, world
+        size) and each rank gets its chunk of every global batch (:func:`defectlite.train.distributed.loader`)."""
 
     def inputs(self, batch: Any, device: torch.device) -> tuple[Tensor, Any, Any]:
         """(model input (N, C, H, W) float, objective target, ground truth for :meth:`batch_stats`)."""
@@ -111,6 +113,8 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def _check_finite(value: float, desc: str, epoch: int, step: int, cfg: OptimCfg, out_dir: Path) -> None:
+    if dist.world().distributed:  # every rank stops together, or the others would wait in the next all-reduce
+        value = float("nan") if dist.all_sum({"bad": 0.0 if math.isfinite(value) else 1.0})["bad"] else value
     if math.isfinite(value):
         return
     kept = f"epoch {epoch}" if epoch > 0 else "no epoch yet"
@@ -148,8 +152,9 @@ def train_epoch(
     steps = max(data.train_size // cfg.batch_size, 1)
     sums: dict[str, float] = {"train_loss": 0.0}
     n_seen, lr = 0, cfg.lr
+    w = dist.world()
     bar = tqdm(total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-    for step, batch in enumerate(data.batches(cfg.batch_size, generator)):
+    for step, batch in enumerate(data.batches(cfg.batch_size, generator, (w.rank, w.size))):
         lr = lr_at(epoch + step / steps, cfg)
         set_lr(opt, lr)
         x, target, truth = data.inputs(batch, device)
@@ -172,7 +177,9 @@ def train_epoch(
         bar.update()
         bar.set_postfix({k.removeprefix("train_"): f"{v / n_seen:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.3g}"})
     bar.close()
-    return {"lr": lr, **{k: v / max(n_seen, 1) for k, v in sums.items()}}
+    sums = dist.all_sum({**sums, "_n": float(n_seen)})  # the whole global batch's averages under DDP
+    n_all = sums.pop("_n")
+    return {"lr": lr, **{k: v / max(n_all, 1) for k, v in sums.items()}}
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -219,6 +226,21 @@ def commit_epoch(
     return best_weights
 
 
+def _check_replicas(model: nn.Module, out_dir: Path, w: dist.World) -> None:
+    """After data-parallel training: every rank must hold the same parameters (recorded in ``ddp.json``).
+
+    Raises:
+        TrainingError: the ranks' parameters differ.
+    """
+    import json
+
+    digests = dist.gather(dist.params_digest(model))
+    if w.main:
+        atomic_write_text(out_dir / "ddp.json", json.dumps({"world_size": w.size, "param_digests": digests}) + "\n")
+    if len(set(digests)) > 1:
+        raise TrainingError(f"data-parallel ranks ended with different parameters: {digests}")
+
+
 def fit(
     model: nn.Module,
     data: StageData,
@@ -258,6 +280,9 @@ def fit(
         CheckpointError: a ``last`` state exists but does not fit ``model``.
         TrainingError: the loss or the weights stop being finite.
     """
+    w = dist.world()
+    dist.check_batch(cfg.batch_size)
+    progress = progress and w.main
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     amp = resolve_amp(cfg.amp, dev)  # once, not per step
@@ -271,22 +296,25 @@ def fit(
         state, best_weights, average = load_state(out_dir / "last.safetensors", model=model, optimizer=opt,
                                                   generator=generator)  # fmt: skip
         averager.load_state(average)
-        if state.best.epoch >= 0:
+        if state.best.epoch >= 0 and w.main:
             write_best(out_dir / "best", best_weights, card, state.best)  # in step with the committed state
         if state.epoch + 1 < cfg.epochs:
             log.info("%s: resuming at epoch %d of %d", desc, state.epoch + 2, cfg.epochs)
     history = [h for h in read_history(out_dir / "metrics.csv") if h["epoch"] <= state.epoch]
+    train_model = dist.wrap(model, dev)  # DistributedDataParallel under torchrun, else the model itself
     for epoch in range(state.epoch + 1, cfg.epochs):
         t0 = time.perf_counter()
         data.start_epoch(epoch, cfg.epochs)
+        dist.seed_rank(seed, epoch)
         row: dict[str, float] = {"epoch": epoch}
-        row |= train_epoch(model, objective, data, opt, averager, cfg, epoch, generator=generator, device=dev,
+        row |= train_epoch(train_model, objective, data, opt, averager, cfg, epoch, generator=generator, device=dev,
                            amp=amp, desc=desc, out_dir=out_dir, progress=progress)  # fmt: skip
+        dist.average_buffers(model)
         averager.after_epoch(model, epoch, lambda: data.clean_batches(dev))
         eval_model = averager.eval_model(model, epoch)
-        if not _weights_finite(model) or not _weights_finite(eval_model):
-            _check_finite(math.nan, desc, epoch, data.train_size // cfg.batch_size - 1, cfg, out_dir)
-        row |= data.validate(eval_model, amp)
+        finite = 0.0 if _weights_finite(model) and _weights_finite(eval_model) else math.nan
+        _check_finite(finite, desc, epoch, data.train_size // cfg.batch_size - 1, cfg, out_dir)
+        row = dist.broadcast(row | data.validate(eval_model, amp) if w.main else row)  # rank 0 validates
         row["epoch_s"] = time.perf_counter() - t0
         history.append(row)
         score = row[data.score_name]
@@ -295,11 +323,15 @@ def fit(
         if improved:
             state.best = Best(score, row.get("val_loss", math.nan), epoch)
         state.epoch, state.train_seconds = epoch, state.train_seconds + row["epoch_s"]
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and w.main:
             on_epoch_end(epoch, model)
-        best_weights = commit_epoch(out_dir, model=model, eval_model=eval_model, opt=opt, averager=averager,
-                                    generator=generator, state=state, history=history, card=card,
-                                    improved=improved, best_weights=best_weights, save_period=save_period)  # fmt: skip
+        if w.main:
+            best_weights = commit_epoch(
+                out_dir, model=model, eval_model=eval_model, opt=opt, averager=averager, generator=generator,
+                state=state, history=history, card=card, improved=improved, best_weights=best_weights,
+                save_period=save_period,
+            )  # fmt: skip
+        dist.barrier()
         log.info(
             "%s epoch %d/%d: %s | %.1f s",
             desc,
@@ -308,5 +340,7 @@ def fit(
             " ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "epoch_s")),
             row["epoch_s"],
         )
+    if w.distributed:
+        _check_replicas(model, out_dir, w)
     b = state.best
     return FitResult(out_dir, b.epoch, b.score, b.loss, state.train_seconds, data.score_name, history, amp)
