@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument(
         "model", type=Path, metavar="MODEL", help="model.onnx from `defectlite train` / `export`, or its run"
     )
-    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files or folders (with --engine ray also s3:// ... URIs)"
+    )
     p.add_argument("--csv", type=Path, help="also write the results to this CSV file (one row per answer)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file (one object per image)")
     p.add_argument("--save-images", type=Path, metavar="DIR", help="write each image with its answer drawn on it")
@@ -40,6 +42,15 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("--conf", type=float, help="detector: lowest box score shown (default: the model's)")
     p.add_argument("--iou", type=float, help="detector: IoU above which NMS drops a box (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: Ray Data actors (extra defectlite[ray]) writing Parquet to --out",
+    )
+    p.add_argument("--out", type=Path, help="--engine ray: the Parquet folder to write")
+    p.add_argument("--address", help="--engine ray: a running Ray cluster (auto: this machine's); default: start one")
+    p.add_argument("--actors", type=int, help="--engine ray: Predictor actors (default: what the CPUs allow)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.set_defaults(func=run)
 
@@ -52,6 +63,24 @@ def expand(paths: list[Path]) -> list[Path]:
     for p in paths:
         out += sorted(f for f in p.rglob("*") if is_image(f)) if p.is_dir() else [p]
     return out
+
+
+def run_ray(args: argparse.Namespace, options: dict) -> int:
+    """``--engine ray``: the same answers, written as Parquet by Ray Data; a summary with the throughput."""
+    from defectlite.deploy.predictor import resolve_model_path
+    from defectlite.errors import ConfigError
+    from defectlite.workflows.ray_predict import predict_ray
+
+    if args.out is None:
+        raise ConfigError("--engine ray writes Parquet: give --out DIR")
+    model = resolve_model_path(args.model)
+    res = predict_ray(model, args.paths, args.out, address=args.address, actors=args.actors, threads=args.threads,
+                      batch_size=args.batch_size, options=options)  # fmt: skip
+    print(
+        f"{res['images']} image(s), {res['rows']} row(s), {res['errors']} unreadable, in {res['seconds']:.1f} s "
+        f"({res['images_per_s']:.1f} images/s, {res['actors']} actor(s)) -> {res['out']}"
+    )
+    return 1 if res["errors"] else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     given = (("conf", args.conf), ("iou", args.iou), ("min_confidence", args.min_confidence))
     options = {k: v for k, v in given if v is not None}
+    if args.engine == "ray":
+        if args.out is not None:
+            check_writable(args.out, folder=True, what="--out")
+        return run_ray(args, options)
+    args.paths = [Path(p) for p in args.paths]
     predictor = Predictor(args.model, threads=args.threads, **options)
     files = expand(args.paths)
     if not files:
@@ -77,20 +111,16 @@ def run(args: argparse.Namespace) -> int:
     rows, objects, failed, names = [], [], 0, set()
     for i in range(0, len(files), args.batch_size):
         chunk = files[i : i + args.batch_size]
-        for f, res in zip(chunk, predictor.predict_each(chunk, [str(f) for f in chunk])):
+        for f, (res, answer_rows) in zip(chunk, predictor.rows(chunk, [str(f) for f in chunk])):
+            rows += answer_rows
             if isinstance(res, DataError):
                 failed += 1
-                why = str(res).removeprefix(f"{f}: ")
-                print(f"{f}\tERROR\t{why}", file=sys.stderr)
-                rows.append({"path": str(f), "error": why})
-                objects.append({"path": str(f), "error": why})
+                print(f"{f}\tERROR\t{answer_rows[0]['error']}", file=sys.stderr)
+                objects.append({"path": str(f), "error": answer_rows[0]["error"]})
                 continue
-            answer_rows = predictor.as_rows(res)
             for r in answer_rows:
-                print("\t".join([str(f), *r.values()]))
-            if not answer_rows:
-                print(f"{f}\t-")
-            rows += [{"path": str(f), **r, "error": ""} for r in answer_rows] or [{"path": str(f), "error": ""}]
+                shown = [v for k, v in r.items() if k not in ("path", "error")]
+                print("\t".join([str(f), *shown]) if shown else f"{f}\t-")
             objects.append({"path": str(f), **predictor.as_dict(res)})
             if args.save_images is not None:
                 stem = f.stem

@@ -164,5 +164,18 @@ class Predictor:
         """Table rows of a result (one per class / box)."""
         return self.runtime.as_rows(result, self.meta)
 
+    def rows(self, images: Sequence[ImageSource], names: Sequence[str]) -> list[tuple[Any, list[dict[str, str]]]]:
+        """For each image, (its result or :class:`DataError`, its table rows: ``path`` + the result's columns +
+        ``error``, one row per class / box, one row with the error for an unreadable image). What
+        ``defectlite predict --csv`` writes and the Ray Data engine returns, row for row."""
+        out = []
+        for name, res in zip(names, self.predict_each(images, names)):
+            if isinstance(res, DataError):
+                out.append((res, [{"path": name, "error": str(res).removeprefix(f"{name}: ")}]))
+            else:
+                rows = [{"path": name, **r, "error": ""} for r in self.as_rows(res)] or [{"path": name, "error": ""}]
+                out.append((res, rows))
+        return out
+
 
 __all__ = ["Prediction", "Predictor", "resolve_model_path", "softmax"]

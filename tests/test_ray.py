@@ -1,0 +1,37 @@
+"""Batch inspection on Ray Data gives exactly the rows of local `defectlite predict --csv`, error rows included."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+
+from defectlite.cli.main import main
+from defectlite.workflows.ray_predict import predict_ray, ray_available
+from test_explain import tiny_run
+
+pytestmark = pytest.mark.skipif(ray_available() is not None, reason=f"Ray Data: {ray_available()}")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, neu_small):
+    return tiny_run(tmp_path_factory, neu_small)
+
+
+def test_ray_rows_equal_local_predict_rows(run_dir, neu_small, tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in sorted((neu_small / "images").glob("*.jpg"))[:20]:
+        shutil.copy(f, folder / f.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not an image")
+    assert main(["predict", str(run_dir / "model.onnx"), str(folder), "--csv", str(tmp_path / "local.csv")]) == 1
+    local = sorted(tuple(r.values()) for r in csv.DictReader((tmp_path / "local.csv").open()))
+    res = predict_ray(run_dir / "model.onnx", [folder], tmp_path / "ray", num_cpus=2, object_store_mb=100,
+                      batch_size=8)  # fmt: skip
+    table = pq.read_table(tmp_path / "ray").to_pylist()
+    remote = sorted((r["path"].rsplit("/", 1)[-1], r["class"], r["probability"], r["error"]) for r in table)
+    assert res["images"] == 21 and res["errors"] == 1
+    assert remote == sorted((p.rsplit("/", 1)[-1], c, pr, e) for p, c, pr, e in local)
