@@ -411,8 +411,19 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         raise ConfigError(f"recipe {name_or_path}: invalid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {name_or_path}: expected a mapping at the top level")
-    cfg = from_dict(RecipeCfg, data)
+    cfg = from_dict(RecipeCfg, migrate(data))
     return apply_overrides(cfg, overrides or [])
+
+
+def migrate(data: dict) -> dict:
+    """Read recipes and run configs written by earlier versions: ``data.drop_leaks: X`` (leaks kept unless X)
+    became ``data.keep_leaks: not X`` (leaks dropped unless kept)."""
+    d = data.get("data")
+    if isinstance(d, dict) and "drop_leaks" in d and "keep_leaks" not in d:
+        d = dict(d)
+        d["keep_leaks"] = not bool(d.pop("drop_leaks"))
+        data = {**data, "data": d}
+    return data
 
 
 def dump_recipe(cfg: RecipeCfg) -> str:

@@ -144,6 +144,7 @@ def prune_run(
     gamma_png = write_gamma_plot(gammas, out / "gammas.png") if gammas.is_file() else None
     report = {
         "run": str(run.root),
+        "out": out.name,
         "task": task.name,
         "model": card["model"],
         "ratio": ratio,
@@ -166,8 +167,9 @@ def _split_scores(scores: dict[str, dict[str, Any]], task: Any) -> dict[str, Any
     """The headline metric of val and test as flat row fields (``val_score``, ``test_score``, ``test_mcc`` ...)."""
     key = task.runtime.score_key
     row = {"score_name": key, "val_score": scores["val"][key], "test_score": scores["test"][key]}
-    if "mcc" in scores["test"]:
-        row["test_mcc"] = scores["test"]["mcc"]
+    for extra in ("mcc", "map"):  # MCC of a classifier, mAP@0.5:0.95 of a detector
+        if extra in scores["test"]:
+            row[f"test_{extra}"] = scores["test"][extra]
     return row
 
 
