@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,56 +76,15 @@ class SplitData:
         return channel_stats(self.subset("train")[0])
 
 
-def prepare(
-    root: str | Path,
-    *,
-    size: Sequence[int],
-    channels: int = 1,
-    format: str = "auto",
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    splits_csv: Path | None = None,
-    drop_leaks: bool = True,
-    skip_bad: bool = False,
-    train_fraction: float = 1.0,
-    progress: bool = True,
-) -> SplitData:
-    """Read, split and decode a data set.
-
-    If ``splits_csv`` exists it is read back (the run's split, reused); otherwise the split is made
-    (deterministic, stratified, or the folder's own) and written there.
-
-    Args:
-        root: data folder (any layout :func:`defectlite.data.readers.read_dataset` knows).
-        size: (H, W) input size in pixels.
-        channels: 1 (grey) or 3 (RGB).
-        format: ``auto``, ``folder`` or ``neu``.
-        ratios: train/val/test fractions for folders that are not pre-split.
-        seed: split seed.
-        splits_csv: the run's split file (read if present, else written).
-        drop_leaks: remove val/test images byte-identical to an image of an earlier split from the evaluated
-            split (default; they can only leak on a pre-split folder: a split that defectlite makes keeps
-            identical files together).
-        skip_bad: leave unreadable images out (listed in ``skipped``) instead of failing.
-        train_fraction: keep only this stratified share of the training split (seeded by ``seed``;
-            ``splits.csv`` still lists the full split).
+def prepare(root: str | Path, *, format: str = "auto", **options: Any) -> SplitData:
+    """Read, split and decode a classification data set: :func:`defectlite.data.readers.read_dataset` (any layout
+    it knows; ``format`` = ``auto``, ``folder``, ``neu`` or ``tig``), then :func:`prepare_index` with ``options``
+    (``size`` is required).
 
     Raises:
-        DataError: see the readers, :func:`defectlite.data.cache.decode_images` and
-            :func:`defectlite.data.splits.read_splits_csv`.
+        DataError: see the readers and :func:`prepare_index`.
     """
-    return prepare_index(
-        read_dataset(root, format),
-        size=size,
-        channels=channels,
-        ratios=ratios,
-        seed=seed,
-        splits_csv=splits_csv,
-        drop_leaks=drop_leaks,
-        skip_bad=skip_bad,
-        train_fraction=train_fraction,
-        progress=progress,
-    )
+    return prepare_index(read_dataset(root, format), **options)
 
 
 def prepare_index(
@@ -140,10 +100,30 @@ def prepare_index(
     train_fraction: float = 1.0,
     progress: bool = True,
 ) -> SplitData:
-    """:func:`prepare` on an index already read: split (or read back ``splits_csv``), decode, find leaks.
+    """Split (or read back ``splits_csv``), decode and leak-check the images of an index already read.
 
+    If ``splits_csv`` exists it is read back (the run's split, reused); otherwise the split is made
+    (deterministic, stratified, or the folder's own; identical files kept together) and written there.
     Shared with detection, which passes each image's dominant box class as its label
-    (:func:`defectlite.data.det_dataset.prepare_detection`). Arguments and errors: see :func:`prepare`.
+    (:func:`defectlite.data.det_dataset.prepare_detection`).
+
+    Args:
+        index: the listed images (:func:`defectlite.data.readers.read_dataset`).
+        size: (H, W) input size in pixels.
+        channels: 1 (grey) or 3 (RGB).
+        ratios: train/val/test fractions for folders that are not pre-split.
+        seed: split seed.
+        splits_csv: the run's split file (read if present, else written).
+        drop_leaks: remove val/test images byte-identical to an image of an earlier split from the evaluated
+            split (default; they can only leak on a pre-split folder: a split that defectlite makes keeps
+            identical files together).
+        skip_bad: leave unreadable images out (listed in ``skipped``) instead of failing.
+        train_fraction: keep only this stratified share of the training split (seeded by ``seed``;
+            ``splits.csv`` still lists the full split).
+
+    Raises:
+        DataError: see :func:`defectlite.data.cache.decode_images` and
+            :func:`defectlite.data.splits.read_splits_csv`.
     """
     if splits_csv is not None and splits_csv.is_file():
         samples, _ = read_splits_csv(splits_csv, index.root, index.classes)

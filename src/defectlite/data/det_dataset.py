@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,30 +89,26 @@ def prepare_detection(
     root: str | Path,
     *,
     size: Sequence[int],
-    channels: int = 1,
     format: str = "auto",
     classes: Sequence[str] | None = None,
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
     splits_csv: Path | None = None,
-    drop_leaks: bool = True,
     skip_bad: bool = False,
-    train_fraction: float = 1.0,
-    progress: bool = True,
+    **options: Any,
 ) -> DetSplitData:
     """Read, split and decode a detection data set; boxes are scaled to the input size.
 
     Images are stretched to ``size`` by :func:`~defectlite.data.transforms.to_uint8` (no letterbox), so a
     box scales by ``(W_in / W, H_in / H)``. The split is the folder's own when it has one (YOLO split
     folders, COCO ``instances_<split>.json``), else stratified by dominant class; ``splits_csv`` is read
-    back when it exists, else written (see :func:`defectlite.data.dataset.prepare`).
+    back when it exists, else written (see :func:`defectlite.data.dataset.prepare_index`).
 
     Args:
         root, format, classes, skip_bad: see :func:`defectlite.data.detection.read_detection` (``skip_bad``
             also leaves unreadable images out).
         size: (H, W) input size in pixels.
-        channels, ratios, seed, splits_csv, drop_leaks, train_fraction, progress: see
-            :func:`defectlite.data.dataset.prepare`.
+        splits_csv: the run's split file.
+        options: ``channels``, ``ratios``, ``seed``, ``drop_leaks``, ``train_fraction``, ``progress`` of
+            :func:`defectlite.data.dataset.prepare_index`.
 
     Raises:
         DataError: see :func:`read_detection`, :func:`read_det_splits` and
@@ -120,18 +117,7 @@ def prepare_detection(
     index = read_detection(root, format, skip_bad=skip_bad, classes=classes)
     if splits_csv is not None and splits_csv.is_file():
         read_det_splits(splits_csv, index)  # the file must match the annotations before prepare_index uses it
-    base = prepare_index(
-        split_view(index),
-        size=size,
-        channels=channels,
-        ratios=ratios,
-        seed=seed,
-        splits_csv=splits_csv,
-        drop_leaks=drop_leaks,
-        skip_bad=skip_bad,
-        train_fraction=train_fraction,
-        progress=progress,
-    )
+    base = prepare_index(split_view(index), size=size, splits_csv=splits_csv, skip_bad=skip_bad, **options)
     by_path = {s.path.relative_to(index.root).as_posix(): s for s in index.samples}
     samples = [by_path[p] for p in base.paths]
     h_in, w_in = int(size[0]), int(size[1])

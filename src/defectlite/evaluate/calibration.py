@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from defectlite.utils import atomic_write
-
 ECE_BINS = 15
 
 
@@ -131,7 +129,7 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: flo
 def write_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], png_path: Path, bins: int = ECE_BINS) -> Path:
     """Reliability diagram: accuracy against mean confidence per bin, one line per entry of ``curves``
     (name -> (probs (N, K), labels (N,))), the diagonal for perfect calibration."""
-    from defectlite.evaluate.report import pyplot
+    from defectlite.evaluate.report import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -153,15 +151,13 @@ def write_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], png_path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(png_path)
+    return save_figure(fig, png_path)
 
 
 def write_risk_coverage(curves: dict[str, dict[str, list[float]]], png_path: Path, marks: Sequence[dict] = ()) -> Path:
     """Risk-coverage curves (error rate of the accepted images against the share accepted), one per entry of
     ``curves`` (name -> :func:`risk_coverage`); ``marks`` are operating points ``{"coverage", "risk", "label"}``."""
-    from defectlite.evaluate.report import pyplot
+    from defectlite.evaluate.report import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -175,9 +171,7 @@ def write_risk_coverage(curves: dict[str, dict[str, list[float]]], png_path: Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(png_path)
+    return save_figure(fig, png_path)
 
 
 def calibration_lines(cal: dict[str, Any]) -> list[str]:

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from defectlite.evaluate.report import _pct, pyplot, write_confusion
-from defectlite.utils import atomic_write
+from defectlite.evaluate.report import _pct, pyplot, save_figure, write_confusion
 
 # file names the run report links to (relative to the run folder)
 PR_PNG = "pr_curves.png"
@@ -64,8 +63,7 @@ def write_pr_curves(metrics: dict[str, Any], classes: Sequence[str], png_path: P
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=120)
     return Path(png_path)
 
 
@@ -159,8 +157,7 @@ def write_det_grid(
         ax.set_title(f"image {i}", fontsize=8)
     fig.suptitle(f"green dashed: true boxes; coloured: predictions scoring >= {conf:g}", fontsize=9)
     fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=110)
     return Path(png_path)
 
 

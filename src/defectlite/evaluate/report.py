@@ -21,6 +21,13 @@ def pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
+    pyplot().close(fig)
+    return Path(path)
+
+
 def write_confusion(
     confusion: Sequence[Sequence[int]], classes: Sequence[str], stem: Path, title: str = "", *, normalize: bool = False
 ) -> None:
@@ -58,8 +65,7 @@ def write_confusion(
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    atomic_write(stem.with_suffix(".png"), lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, stem.with_suffix(".png"), dpi=120)
 
 
 def _pct(x: float | None) -> str:
@@ -116,8 +122,7 @@ def write_curves(histories: dict[str, list[dict[str, float]]], png_path: Path) -
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=110)
     return png_path
 
 
@@ -296,6 +301,5 @@ def write_gamma_plot(npz_path: Path, png_path: Path) -> Path:
     b.set_ylabel("|gamma|")
     b.set_title("histogram over training (log count)")
     fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=110)
     return png_path

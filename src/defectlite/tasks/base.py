@@ -59,6 +59,23 @@ class Task:
         """Read, split (or re-read ``splits.csv``) and decode the run's data."""
         raise NotImplementedError
 
+    @staticmethod
+    def split_options(cfg: Any, run: Any, progress: bool) -> dict[str, Any]:
+        """The keyword arguments every task's data preparation takes from a recipe (input size, channels, split
+        ratios and seed, the run's ``splits.csv``, leaks, bad files, training share)."""
+        d = cfg.data
+        return {
+            "size": d.input_size,
+            "channels": d.channels,
+            "ratios": d.split,
+            "seed": cfg.seed,
+            "splits_csv": run.splits_csv,
+            "drop_leaks": not d.keep_leaks,
+            "skip_bad": d.skip_bad,
+            "train_fraction": d.train_fraction,
+            "progress": progress,
+        }
+
     def card(self, cfg: Any, data: Any) -> dict[str, Any]:
         """Fields every checkpoint card of the run shares (task, classes, input size, channels, normalisation)."""
         mean, std = data.norm_stats()

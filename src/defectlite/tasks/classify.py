@@ -122,19 +122,8 @@ class ClassifyTask(Task):
         self.runtime = ClassifyRuntime()
 
     def load_data(self, cfg, run, progress: bool = True) -> SplitData:
-        d = cfg.data
         return prepare(
-            resolve_data_path(d.path),
-            size=d.input_size,
-            channels=d.channels,
-            format=d.format,
-            ratios=d.split,
-            seed=cfg.seed,
-            splits_csv=run.splits_csv,
-            train_fraction=d.train_fraction,
-            drop_leaks=not d.keep_leaks,
-            skip_bad=d.skip_bad,
-            progress=progress,
+            resolve_data_path(cfg.data.path), format=cfg.data.format, **self.split_options(cfg, run, progress)
         )
 
     def check_config(self, cfg) -> None:

@@ -148,20 +148,8 @@ class DetectTask(Task):
                 )
 
     def load_data(self, cfg, run, progress: bool = True) -> DetSplitData:
-        d = cfg.data
-        return prepare_detection(
-            resolve_data_path(d.path),
-            size=d.input_size,
-            channels=d.channels,
-            format=d.format,
-            ratios=d.split,
-            seed=cfg.seed,
-            splits_csv=run.splits_csv,
-            drop_leaks=not d.keep_leaks,
-            skip_bad=d.skip_bad,
-            train_fraction=d.train_fraction,
-            progress=progress,
-        )
+        path, options = resolve_data_path(cfg.data.path), self.split_options(cfg, run, progress)
+        return prepare_detection(path, format=cfg.data.format, **options)
 
     def card(self, cfg, data: DetSplitData) -> dict[str, Any]:
         """The base card plus K-means++ anchors of the training boxes (in input pixels) and their fit."""
