@@ -1,0 +1,165 @@
+"""Detection through the same path as classification, on real NEU-DET files: train -> prune -> export -> predict
+-> val -> serve (API and page) -> quantize, with ONNX Runtime's final boxes equal to PyTorch's."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import NEU_CLASSES, data_root
+from defectlite import Predictor
+from defectlite.cli.main import main
+from defectlite.compress.restore import load_checkpoint
+from defectlite.data.transforms import normalize
+from defectlite.deploy.det_decode import Detections, postprocess
+from defectlite.models.yolo import flatten_outputs
+from test_serve import CHROMIUM, CHROMIUM_ARGS, live_server
+
+PER_CLASS = 10
+
+
+def link_neu_det(dest: Path, per_class: int = PER_CLASS, start: int = 1) -> Path:
+    """Symlink ``per_class`` NEU-DET images and their VOC XML of each class into ``dest`` (images/ + annotations/)."""
+    src = data_root() / "neu-surface-defect"
+    for sub in ("images", "annotations"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for c in NEU_CLASSES:
+        for n in range(start, start + per_class):
+            os.symlink(src / "images" / f"{c}_{n}.jpg", dest / "images" / f"{c}_{n}.jpg")
+            os.symlink(src / "annotations" / f"{c}_{n}.xml", dest / "annotations" / f"{c}_{n}.xml")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory) -> Path:
+    return link_neu_det(tmp_path_factory.mktemp("neudet"))
+
+
+@pytest.fixture(scope="module")
+def det_run(det_data, tmp_path_factory) -> Path:
+    """The default detection recipe at 96 px for 6 epochs on 60 NEU-DET images, through the CLI."""
+    run = tmp_path_factory.mktemp("det") / "run"
+    sets = ["data.input_size=[96, 96]", "student.optim.batch_size=8", "student.augment.close_mosaic=2",
+            "profile.runs=3", "profile.warmup=1", "profile.throughput_runs=1",
+            "profile.throughput_batch=4"]  # fmt: skip
+    args = ["-q", "train", "--recipe", "neu-det-yolo-lite-fast", "--data", str(det_data), "--format", "voc",
+            "--out", str(run), "--epochs", "6", *(f"--set={s}" for s in sets)]  # fmt: skip
+    assert main(args) == 0
+    return run
+
+
+def test_a_detection_run_has_its_report_anchors_and_figures(det_run):
+    report = json.loads((det_run / "report.json").read_text())
+    assert report["task"] == "detect" and {"map50", "map", "per_class", "confusion"} <= set(report["test"])
+    assert len(report["test"]["confusion"]) == len(NEU_CLASSES) + 1  # the background row
+    card = json.loads((det_run / "model.json").read_text())
+    assert len(card["model_kwargs"]["anchors"]) == 9 and 0 < card["anchor_fit"]["mean_best_iou"] <= 1
+    for name in ("pr_curves.png", "confusion_test.png", "confusion_test_norm.csv", "det_grid.png", "curves.png"):
+        assert (det_run / name).stat().st_size > 0, name
+    md = (det_run / "report.md").read_text()
+    assert "mAP@0.5" in md and "Paper vs this run" in md and "private" in md
+    rows = (det_run / "student" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss") and "val_map50" in rows[0] and "train_box" in rows[0]
+
+
+def test_onnx_boxes_equal_pytorch_boxes_on_real_images(det_run, det_data):
+    model, card = load_checkpoint(det_run / "model")
+    p = Predictor(det_run / "model.onnx")
+    files = sorted((det_data / "images").glob("*.jpg"))[::6]
+    x, sizes = p.preprocess(files)
+    with torch.no_grad():
+        raw = flatten_outputs(model(torch.from_numpy(x))).numpy()
+    ours = postprocess(raw, p.meta, 0.01, 0.45, sizes)
+    theirs = p.answers(p.run(x), sizes, conf=0.01)
+    assert sum(len(d.boxes) for d in ours) > 0
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a.labels, b.labels) and np.abs(a.scores - b.scores).max(initial=0) <= 1e-4
+        assert np.abs(a.boxes - b.boxes).max(initial=0) <= 1e-3  # pixels
+
+
+def test_predict_and_val_a_detector(det_run, det_data, tmp_path, capsys):
+    image = sorted((det_data / "images").glob("*.jpg"))[0]
+    result = Predictor(det_run, conf=0.001).predict(image)
+    assert isinstance(result, Detections) and result.boxes.shape[1:] == (4,)
+    assert (result.boxes[:, 2:] <= 200).all() and (result.boxes >= 0).all()  # the original image's pixels
+    out = tmp_path / "drawn"
+    assert main(["predict", str(det_run / "model.onnx"), str(image), "--conf", "0.001", "--save-images", str(out),
+                 "--json", str(tmp_path / "p.json")]) == 0  # fmt: skip
+    first = capsys.readouterr().out.strip().splitlines()[0].split("\t")
+    assert first[0] == str(image) and first[1] in NEU_CLASSES and len(first) == 7  # path, class, score, x1 y1 x2 y2
+    assert (out / f"{image.stem}_pred.png").is_file()
+    assert json.loads((tmp_path / "p.json").read_text())[0]["boxes"][0]["class"] in NEU_CLASSES
+    assert main(["predict", str(det_run), str(image), "--min-confidence", "0.5"]) == 2  # a classifier's option
+    assert main(["val", str(det_run), "--data", str(det_data), "--format", "voc", "--out", str(tmp_path / "v")]) == 0
+    metrics = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert metrics["n_images"] == 6 * PER_CLASS and 0 <= metrics["map50"] <= 1
+    assert (tmp_path / "v" / "pr_curves.png").is_file()
+
+
+def test_prune_and_quantize_a_detector(det_run, capsys):
+    assert main(["-q", "prune", str(det_run), "--ratio", "0.5", "--layers", "1", "--finetune-epochs", "1"]) == 0
+    report = json.loads((det_run / "prune-r0.5-l1" / "prune_report.json").read_text())
+    rows = report["rows"]
+    assert rows["channel_pruned"]["params"] < 0.6 * rows["original"]["params"]
+    assert rows["layer_pruned"]["params"] < rows["channel_pruned"]["params"]
+    assert {"finetuned", "finetuned_kd", "finetuned_kd_int8"} <= set(rows) and report["task"] == "detect"
+    assert "test_map" in rows["finetuned_kd"]
+    capsys.readouterr()
+    assert main(["quantize", str(det_run / "model.onnx"), "--calib", str(det_run)]) == 0
+    assert "map50" in capsys.readouterr().out
+
+
+def test_serve_answers_boxes_and_the_page_draws_them(det_run, det_data):
+    import httpx
+
+    from defectlite.deploy.service import create_app
+
+    image = sorted((det_data / "images").glob("*.jpg"))[0]
+    with live_server(create_app(det_run / "model.onnx", threads=1, options={"conf": 0.001})) as url:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            info = client.get("/v1/model").json()
+            assert info["task"] == "detect" and info["explain"] is False
+            res = client.post("/v1/predict", files={"files": (image.name, image.read_bytes(), "image/jpeg")}).json()
+            boxes = res["results"][0]["boxes"]
+            assert res["task"] == "detect" and boxes and len(boxes[0]["box"]) == 4
+            stricter = client.post("/v1/predict?conf=0.9", files={"files": (image.name, image.read_bytes())})
+            assert len(stricter.json()["results"][0]["boxes"]) < len(boxes)
+        if not CHROMIUM.exists():
+            pytest.skip("Debian chromium (/usr/bin/chromium) is not installed")
+        sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page()
+                page.goto(url + "/")
+                sync_api.expect(page.get_by_test_id("model-info")).to_contain_text("detector")
+                page.get_by_test_id("picker").set_input_files([str(image)])
+                card = page.locator(f'[data-testid=result][data-file="{image.name}"]')
+                sync_api.expect(card).to_have_attribute("data-state", "done")
+                assert "defect" in card.get_by_test_id("label").inner_text()
+                sync_api.expect(card.get_by_test_id("boxes")).to_be_visible()
+                drawn = page.evaluate(
+                    "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                    " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }",
+                    card.get_by_test_id("boxes").element_handle(),
+                )
+                assert drawn > 0  # box outlines painted over the image
+            finally:
+                browser.close()
+
+
+def test_detector_inputs_must_be_multiples_of_32(det_data, capsys):
+    assert main(["-q", "train", "--recipe", "neu-det-yolo-lite-fast", "--data", str(det_data), "--format", "voc",
+                 "--set", "data.input_size=[100, 100]"]) == 2  # fmt: skip
+    assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_normalize_is_the_one_preprocessing(det_run, det_data):
+    p = Predictor(det_run)
+    x, _ = p.preprocess([sorted((det_data / "images").glob("*.jpg"))[0]])
+    assert x.shape == (1, 1, 96, 96) and np.isfinite(normalize(np.zeros((1, 1, 2, 2), np.uint8), [0.5], [0.2])).all()
