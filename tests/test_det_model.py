@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from defectlite.compress.prune import prune_channels, replay
 from torch import nn
 
+from defectlite.compress.channel_prune import prune_channels, replay
 from defectlite.compress.layer_prune import prune_layers, residual_blocks
 from defectlite.deploy.det_decode import box_iou, decode, nms, postprocess
 from defectlite.errors import CheckpointError, ConfigError, DataError

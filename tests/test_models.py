@@ -85,4 +85,4 @@ def test_timm_models_and_unknown_names():
     with pytest.raises(UnknownModelError, match="unknown timm model"):
         create_model("timm:not_a_model_xyz", num_classes=6)
     with pytest.raises(ValueError, match="num_classes"):
-        create_model("eg_repvgg", num_classes=1)
+        create_model("eg_repvgg", num_classes=0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from defectlite import Predictor
 from defectlite.cli.main import main
@@ -22,6 +22,7 @@ from defectlite.models import list_models, model_info, register_model
 from defectlite.onnx_file import read_metadata
 from defectlite.tasks import get_task, register_task, task_names
 from defectlite.tasks.base import Task
+from defectlite.train.distributed import loader
 
 TOY = "toy-brightness"
 
@@ -86,9 +87,9 @@ class ToyStageData:
     def start_epoch(self, epoch, epochs):
         pass
 
-    def batches(self, batch_size, generator):
+    def batches(self, batch_size, generator, shard=(0, 1)):
         x, y = (torch.from_numpy(a) for a in self.train)
-        return DataLoader(TensorDataset(x, y), batch_size, shuffle=True, generator=generator)
+        return loader(TensorDataset(x, y), batch_size, generator, shard)
 
     def inputs(self, batch, device):
         x, y = batch

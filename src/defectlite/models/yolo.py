@@ -128,7 +128,7 @@ class YoloDetector(nn.Module):
         return list(self.head.convs)
 
     def pruning_ignored_layers(self) -> list[nn.Module]:
-        """Layers channel pruning must not touch (:func:`defectlite.compress.prune.prune_channels`)."""
+        """Layers channel pruning must not touch (:func:`defectlite.compress.channel_prune.prune_channels`)."""
         return self.head_convs()
 
     def decode_meta(self, input_size: Sequence[int], classes: Sequence[str]) -> dict:
