@@ -51,7 +51,7 @@ def test_sparsity_objective_adds_l1_of_gammas():
 
 
 @pytest.mark.parametrize(
-    "name", ["resnet18", "timm:mobilenetv2_100", "mobilenetv2", "weldnet", "pdmsnet", "dsc_cnn_140k"]
+    "name", ["resnet18", "timm:mobilenetv2_100", "mobilenetv2", "weldnet", "pdmsnet", "dsc_cnn_140k", "cpu_repnet_s"]
 )
 def test_channel_pruning_keeps_the_model_consistent_and_replays(name, neu64, tmp_path):
     torch.manual_seed(0)

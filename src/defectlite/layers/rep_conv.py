@@ -82,7 +82,7 @@ class RepConv3x3(nn.Module):
         kernel, bias = k3 + F.pad(k1, [1, 1, 1, 1]), b3 + b1
         if self.bn_id is not None:
             eye = torch.zeros_like(self.conv3.weight)
-            idx = torch.arange(self.in_chans)
+            idx = torch.arange(self.conv3.in_channels)  # not self.in_chans: channel pruning may have changed it
             eye[idx, idx, 1, 1] = 1.0
             kid, bid = fuse_conv_bn(eye, self.bn_id)
             kernel, bias = kernel + kid, bias + bid
@@ -99,7 +99,7 @@ class RepConv3x3(nn.Module):
         if self.training:
             raise RuntimeError("reparameterize() needs eval mode: call model.eval() first")
         kernel, bias = self.fused_kernel_bias()
-        conv = nn.Conv2d(self.in_chans, self.out_chans, 3, self.stride, 1, bias=True)
+        conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], 3, self.stride, 1, bias=True)  # shape after any pruning
         conv.weight.data.copy_(kernel)
         conv.bias.data.copy_(bias)
         conv.to(self.conv3.weight.device)
