@@ -264,6 +264,7 @@ def finish_run(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, A
                                          data.classes)  # fmt: skip
         test_all.update(task.evaluate_ensemble(ensemble, data, dcard))
     export = export_and_check(run.onnx, model, dcard, task, task.split_truth(data, "val")[0][:64])
+    int8 = deploy_int8(run, cfg, task, data)
     report = {
         "task": task.name,
         "recipe": cfg.name,
@@ -276,6 +277,7 @@ def finish_run(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, A
         "calibration": dcard.get("calibration"),
         "profile": profile_model(model, deployed, run, cfg),
         "export": export,
+        "int8": int8,
         "paper": cfg.paper,
         "machine": machine(),
     }
@@ -284,6 +286,47 @@ def finish_run(run: Run, cfg: RecipeCfg, task: Any, data: Any, card: dict[str, A
     report["figures"]["curves"] = curves.name if curves else None
     report["paper_values"] = task.paper_values(report) if hasattr(task, "paper_values") else {}
     return report
+
+
+def deploy_int8(run: Run, cfg: RecipeCfg, task: Any, data: Any) -> dict[str, Any] | None:
+    """Quantise ``model.onnx`` to INT8 (QDQ, per channel, calibrated on training images) and keep it as
+    ``model.int8.onnx`` (which ``predict`` and ``serve`` then run) only when its validation score is within
+    ``int8.max_drop`` of the float model's; the test split is scored for the report, never for the decision.
+
+    Returns:
+        What the report says (scores, latency of both, deployed or why not), or None when switched off.
+    """
+    from defectlite.compress.int8 import quantize_onnx
+    from defectlite.data.transforms import normalize
+    from defectlite.deploy.predictor import INT8_SUFFIX, Predictor
+
+    path = run.root / f"model{INT8_SUFFIX}"
+    path.unlink(missing_ok=True)  # never leave a stale INT8 model beside a new float one
+    if not cfg.int8.deploy:
+        return None
+    key = task.runtime.score_key
+    images = task.split_truth(data, "train")[0][: cfg.int8.calib_images]
+    meta = Predictor(run.onnx, fp32=True).meta
+    tmp = run.root / ".model.int8.candidate.onnx"
+    quantize_onnx(run.onnx, tmp, normalize(images, meta["mean"], meta["std"]), min_reduction=cfg.int8.min_reduction)
+    scores = {}
+    for name, onnx_path in (("fp32", run.onnx), ("int8", tmp)):
+        p = Predictor.for_scoring(onnx_path)
+        scores[name] = {s: p.score(*task.split_truth(data, s))[key] for s in ("val", "test")}
+    drop = scores["fp32"]["val"] - scores["int8"]["val"]
+    keep = drop <= cfg.int8.max_drop
+    if keep:
+        tmp.replace(path)
+    else:
+        tmp.unlink()
+        log.info("INT8 not deployed: validation %s drops by %.4f (> %.4f)", key, drop, cfg.int8.max_drop)
+    h, w = cfg.data.input_size
+    shape = (1, cfg.data.channels, h, w)
+    timings, prof = {}, cfg.profile
+    for name, onnx_path in (("fp32", run.onnx), ("int8", path)) if keep else ():
+        timings[name] = ort_timing(onnx_path, shape, threads=prof.threads, warmup=prof.warmup, runs=prof.runs).as_dict()
+    return {"deployed": keep, "score_key": key, "val_drop": drop, "max_drop": cfg.int8.max_drop, **scores,
+            "timings": timings, "path": path.name if keep else None}  # fmt: skip
 
 
 def data_summary(data: Any) -> dict[str, Any]:

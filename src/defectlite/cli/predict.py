@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     )
     p.add_argument("--conf", type=float, help="detector: lowest box score shown (default: the model's)")
     p.add_argument("--iou", type=float, help="detector: IoU above which NMS drops a box (default: the model's)")
+    p.add_argument(
+        "--fp32", action="store_true", help="run model.onnx even when the run deployed model.int8.onnx beside it"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     p.add_argument(
         "--engine",
@@ -73,7 +76,7 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
 
     if args.out is None:
         raise ConfigError("--engine ray writes Parquet: give --out DIR")
-    model = resolve_model_path(args.model)
+    model = resolve_model_path(args.model, fp32=args.fp32)
     res = predict_ray(model, args.paths, args.out, address=args.address, actors=args.actors, threads=args.threads,
                       batch_size=args.batch_size, options=options)  # fmt: skip
     print(
@@ -101,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
             check_writable(args.out, folder=True, what="--out")
         return run_ray(args, options)
     args.paths = [Path(p) for p in args.paths]
-    predictor = Predictor(args.model, threads=args.threads, **options)
+    predictor = Predictor(args.model, threads=args.threads, fp32=args.fp32, **options)
+    if predictor.path.name.endswith(".int8.onnx") and not args.quiet:
+        print(f"using {predictor.path} (INT8; --fp32 for the float model)", file=sys.stderr)
     files = expand(args.paths)
     if not files:
         print("error: no images found in " + ", ".join(map(str, args.paths)), file=sys.stderr)

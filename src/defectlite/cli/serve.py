@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         ),
     )
     p.add_argument("model", type=Path, metavar="MODEL", help="model.onnx from `defectlite export`, or its run folder")
+    p.add_argument(
+        "--fp32", action="store_true", help="serve model.onnx even when the run deployed model.int8.onnx beside it"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument(
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    model = resolve_model_path(args.model).resolve()
+    model = resolve_model_path(args.model, fp32=True).resolve()
     threads = args.threads or default_threads(args.workers)
     options = {
         "max_batch": args.max_batch,
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "threads": threads,
         "explain": args.explain,
         "options": {"min_confidence": args.min_confidence} if args.min_confidence is not None else None,
+        "fp32": args.fp32,
     }
     # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment
     os.environ[ENV_MODEL], os.environ[ENV_OPTIONS] = str(model), json.dumps(options)

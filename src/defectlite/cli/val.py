@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         "--out", type=Path, help="folder for metrics.json and figures (default: val-<data name> beside MODEL)"
     )
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
+    p.add_argument("--fp32", action="store_true", help="score model.onnx even when the run deployed model.int8.onnx")
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.set_defaults(func=run)
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         skip_bad=args.skip_bad,
         progress=not args.quiet,
+        fp32=args.fp32,
     )
     from defectlite.deploy.runtime import get_runtime
 

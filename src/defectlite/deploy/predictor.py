@@ -25,9 +25,13 @@ from defectlite.deploy.runtime import get_runtime
 from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.onnx_file import ort_session, read_metadata
 
+INT8_SUFFIX = ".int8.onnx"  # the INT8 form a run deploys beside model.onnx when it keeps the validation score
 
-def resolve_model_path(path: str | Path) -> Path:
-    """An .onnx file as given, or ``<run>/model.onnx`` for a run folder.
+
+def resolve_model_path(path: str | Path, *, fp32: bool = False) -> Path:
+    """The ONNX file to run: ``<run>/model.onnx`` for a run folder; the INT8 form ``X.int8.onnx`` beside an
+    ``X.onnx`` when it exists (``defectlite train`` writes it only when it keeps the validation score) unless
+    ``fp32``; else the file as given.
 
     Raises:
         CheckpointError: neither exists.
@@ -35,6 +39,10 @@ def resolve_model_path(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / "model.onnx"
+    if not fp32 and p.suffix == ".onnx" and not p.name.endswith(INT8_SUFFIX):
+        int8 = p.with_name(p.name.removesuffix(".onnx") + INT8_SUFFIX)
+        if int8.is_file():
+            p = int8
     if not p.is_file():
         hint = " (run `defectlite export RUN` first)" if p.name == "model.onnx" else ""
         raise CheckpointError(f"ONNX model not found: {p}{hint}")
@@ -45,7 +53,9 @@ class Predictor:
     """Run an exported defectlite ONNX model on images.
 
     Args:
-        path: ``model.onnx`` written by ``defectlite export`` / ``train``, or its run folder.
+        path: ``model.onnx`` written by ``defectlite export`` / ``train``, or its run folder; its INT8 form
+            ``model.int8.onnx`` is used when the run deployed one (see :func:`resolve_model_path`).
+        fp32: run ``model.onnx`` even when an INT8 form is beside it.
         threads: ONNX Runtime intra-op threads (default 1: lowest batch-1 latency on small models).
         spinning: let idle ONNX Runtime threads busy-wait (off in the HTTP service, where they would
             take the CPU from the event loop).
@@ -60,8 +70,10 @@ class Predictor:
         ConfigError: an option the task does not know.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, *, spinning: bool = True, **options: Any) -> None:
-        self.path = resolve_model_path(path)
+    def __init__(
+        self, path: str | Path, threads: int = 1, *, spinning: bool = True, fp32: bool = False, **options: Any
+    ) -> None:
+        self.path = resolve_model_path(path, fp32=fp32)
         self.meta = read_metadata(self.path)
         self.task: str = self.meta["task"]
         self.runtime = get_runtime(self.task)
@@ -163,6 +175,24 @@ class Predictor:
     def as_rows(self, result: Any) -> list[dict[str, str]]:
         """Table rows of a result (one per class / box)."""
         return self.runtime.as_rows(result, self.meta)
+
+    def score(
+        self, images: np.ndarray, truths: Any, sizes: Sequence[tuple[int, int]], batch_size: int = 64
+    ) -> dict[str, Any]:
+        """The task's metrics on already-decoded uint8 images (N, C, H, W) of a run's split and their ground truth
+        (classification: class indices (N,); detection: boxes per image in the original ``sizes`` (H, W))."""
+        results = []
+        for i in range(0, len(images), batch_size):
+            x = normalize(images[i : i + batch_size], self.meta["mean"], self.meta["std"])
+            results += self.answers(self.run(x), sizes[i : i + batch_size])
+        return self.runtime.score(results, truths, self.meta)
+
+    @classmethod
+    def for_scoring(cls, path: str | Path, threads: int = 1, *, fp32: bool = True) -> Predictor:
+        """A Predictor with the options scoring uses (detection: every box above 0.001, as mAP needs), on the file
+        named (``fp32=False``: the deployed INT8 form when there is one)."""
+        task = read_metadata(resolve_model_path(path, fp32=fp32))["task"]
+        return cls(path, threads=threads, fp32=fp32, **get_runtime(task).eval_options)
 
     def rows(self, images: Sequence[ImageSource], names: Sequence[str]) -> list[tuple[Any, list[dict[str, str]]]]:
         """For each image, (its result or :class:`DataError`, its table rows: ``path`` + the result's columns +

@@ -50,7 +50,7 @@ from defectlite.checkpoint import resolve_checkpoint
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.cpus import default_threads
 from defectlite.deploy.deadlines import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, STATE_KEY
-from defectlite.deploy.predictor import Predictor
+from defectlite.deploy.predictor import INT8_SUFFIX, Predictor, resolve_model_path
 from defectlite.deploy.uploads import (
     FIELD,
     MULTIPART_SCHEMA,
@@ -111,8 +111,9 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
     if same != [predictor.classes, predictor.input_size, predictor.channels]:
         return None, "the PyTorch checkpoint beside the ONNX file has other classes, input size or channels"
     x = np.random.default_rng(0).standard_normal((1, predictor.channels, *predictor.input_size)).astype(np.float32)
+    fp32 = predictor if not predictor.path.name.endswith(INT8_SUFFIX) else Predictor(model_path, fp32=True)
     with torch.no_grad():
-        diff = float(np.abs(explainer.model(torch.from_numpy(x)).numpy() - predictor.logits(x)).max())
+        diff = float(np.abs(explainer.model(torch.from_numpy(x)).numpy() - fp32.logits(x)).max())
     if diff > PARITY_TOL_EXPLAIN:
         return None, f"the PyTorch checkpoint beside the ONNX file is another model (logits differ by {diff:.1e})"
     return explainer, ""
@@ -134,6 +135,7 @@ def create_app(
     threads: int | None = None,
     explain: bool = True,
     options: dict[str, Any] | None = None,
+    fp32: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving one exported model.
 
@@ -169,6 +171,7 @@ def create_app(
         options: the server's default answer options of the model's task (classifier: ``min_confidence``, a
             probability or ``"recommended"``: below it the answer is ``uncertain``; detector: ``conf``, ``iou``);
             a request overrides them with query parameters or form fields of the same names.
+        fp32: serve ``model.onnx`` even when the run deployed its INT8 form ``model.int8.onnx`` beside it.
 
     Raises:
         CheckpointError: missing model or model without defectlite metadata.
@@ -182,8 +185,9 @@ def create_app(
     if bad or max_wait_ms < 0:
         raise ConfigError(f"serve limits must be positive (max_wait_ms >= 0): {bad or {'max_wait_ms': max_wait_ms}}")
     threads = threads or default_threads()
-    predictor = Predictor(model_path, threads=threads, spinning=False, **(options or {}))
-    explainer, no_explain = _load_explainer(predictor.path, predictor) if explain else (None, "explain is switched off")
+    predictor = Predictor(model_path, threads=threads, spinning=False, fp32=fp32, **(options or {}))
+    fp32_path = resolve_model_path(model_path, fp32=True)  # Grad-CAM's checkpoint sits beside the FP32 file
+    explainer, no_explain = _load_explainer(fp32_path, predictor) if explain else (None, "explain is switched off")
     batcher = MicroBatcher(  # the raw model output; the task's runtime turns each image's rows into its answer
         lambda x: predictor.run(x)[0], max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
     )
@@ -303,6 +307,7 @@ def create_app(
         return {
             "model": meta.get("model"),
             "task": predictor.task,
+            "file": predictor.path.name,  # model.onnx, or its INT8 form model.int8.onnx
             "classes": predictor.classes,
             "input_size": list(predictor.input_size),
             "channels": predictor.channels,

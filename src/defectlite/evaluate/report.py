@@ -236,9 +236,32 @@ def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
             f"fused vs training form {e['reparam_max_abs_diff']:.2e}.",
             "",
         ]
+        lines += _int8_lines(r.get("int8"))
     if r.get("paper"):
         lines += _paper_table(r)
     return "\n".join(lines) + "\n"
+
+
+def _int8_lines(q: dict[str, Any] | None) -> list[str]:
+    if not q:
+        return []
+    k = q["score_key"]
+    verdict = (
+        f"deployed as `{q['path']}` (`predict` and `serve` run it; `--fp32` for the float model)"
+        if q["deployed"]
+        else f"not deployed: validation {k} drops by {100 * q['val_drop']:.2f} points (> {100 * q['max_drop']:.2f})"
+    )
+    lines = [
+        f"INT8 (ONNX Runtime static QDQ, per channel): validation {k} {100 * q['fp32']['val']:.2f} -> "
+        f"{100 * q['int8']['val']:.2f} %, test {100 * q['fp32']['test']:.2f} -> {100 * q['int8']['test']:.2f} %: "
+        f"{verdict}.",
+    ]
+    if q.get("timings"):
+        f, i = q["timings"]["fp32"], q["timings"]["int8"]
+        lines.append(
+            f"Batch-1 latency ({f['threads']} thread): {f['median_ms']:.3f} ms FP32, {i['median_ms']:.3f} ms INT8."
+        )
+    return [*lines, ""]
 
 
 def _paper_table(r: dict[str, Any]) -> list[str]:

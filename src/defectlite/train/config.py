@@ -152,6 +152,16 @@ class CalibrationCfg:
 
 
 @dataclass
+class Int8Cfg:
+    """INT8 as the deployed form (ONNX Runtime static QDQ quantisation), when it keeps the validation score."""
+
+    deploy: bool = True  # write model.int8.onnx beside model.onnx when it keeps the score; predict / serve pick it
+    max_drop: Annotated[float, NonNegative] = 0.003  # largest validation score loss accepted (0.003 = 0.3 points)
+    calib_images: Annotated[int, AtLeastOne] = 256  # training images that calibrate the activation ranges
+    min_reduction: Annotated[int, NonNegative] = 128  # quantise convs with C_in / groups x kH x kW >= this
+
+
+@dataclass
 class ProfileCfg:
     """How speed is measured for the report."""
 
@@ -179,6 +189,7 @@ class RecipeCfg:
     kd: KDCfg = field(default_factory=KDCfg)
     ensemble: EnsembleCfg = field(default_factory=EnsembleCfg)
     calibration: CalibrationCfg = field(default_factory=CalibrationCfg)
+    int8: Int8Cfg = field(default_factory=Int8Cfg)
     profile: ProfileCfg = field(default_factory=ProfileCfg)
     paper: dict[str, Any] = field(default_factory=dict)  # the source paper's numbers, for the report
 

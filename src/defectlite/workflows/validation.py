@@ -16,11 +16,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from defectlite.data.transforms import normalize
 from defectlite.deploy.predictor import Predictor
-from defectlite.deploy.runtime import get_runtime
 from defectlite.errors import DataError
-from defectlite.onnx_file import read_metadata
 from defectlite.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -51,6 +48,7 @@ def validate_folder(
     threads: int = 1,
     skip_bad: bool = False,
     progress: bool = True,
+    fp32: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` (an ONNX file or a run folder) on a labelled folder or list file; write ``out/``.
 
@@ -61,6 +59,7 @@ def validate_folder(
         data: a labelled folder in any layout the task reads (``format`` as in ``train``), or a list file.
         split: only this split of a pre-split folder.
         skip_bad: leave unreadable images out (listed in ``metrics.json``) instead of failing.
+        fp32: score ``model.onnx`` even when the run deployed an INT8 form beside it.
 
     Returns:
         The task's metrics plus ``model``, ``data``, ``skipped``, ``figures``.
@@ -69,8 +68,7 @@ def validate_folder(
         CheckpointError: missing or invalid model. DataError: unreadable data, unknown classes, unreadable
             images (without ``skip_bad``).
     """
-    path = model_of(model)
-    predictor = Predictor(path, threads=threads, **get_runtime(read_metadata(path)["task"]).eval_options)
+    predictor = Predictor.for_scoring(model_of(model), threads=threads, fp32=fp32)
     runtime, meta = predictor.runtime, predictor.meta
     paths, truths = runtime.read_labelled(Path(data), meta, format=format, split=split)
     if not len(paths):
@@ -114,12 +112,7 @@ def score_split(onnx_path: str | Path, images: np.ndarray, truths: Any, sizes: S
         truths: ground truth as the task's runtime scores it (classification: class indices (N,)).
         sizes: original (H, W) of each image (detection maps boxes back to them).
     """
-    predictor = Predictor(onnx_path, threads=1, **get_runtime(read_metadata(onnx_path)["task"]).eval_options)
-    results = []
-    for i in range(0, len(images), 64):
-        x = normalize(images[i : i + 64], predictor.meta["mean"], predictor.meta["std"])
-        results += predictor.answers(predictor.run(x), sizes[i : i + 64])
-    return predictor.runtime.score(results, truths, predictor.meta)
+    return Predictor.for_scoring(onnx_path).score(images, truths, sizes)
 
 
 def score_run_splits(onnx_path: str | Path, task: Any, data: Any) -> dict[str, Any]:
