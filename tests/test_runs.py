@@ -44,7 +44,8 @@ def test_run_manifest_records_task_stage_and_teacher(teacher_run, neu_small, tmp
     run = open_run(teacher_run)
     assert run.task == "classify" and run.deployed_stage == "student" and run.teacher is None
     student = tmp_path / "student"
-    assert tiny_train(neu_small, student, "--teacher", str(teacher_run), "--epochs", "1") == 0
+    recipe = ["--recipe", "neu-kd-eg-repvgg-fast"]  # a recipe with a teacher stage of its own
+    assert tiny_train(neu_small, student, *recipe, "--teacher", str(teacher_run), "--epochs", "1") == 0
     src = open_run(student).teacher
     assert src.kind == "checkpoint" and Path(src.path) == (teacher_run / "student" / "best").resolve()
     # resuming a finished run restores its teacher: no teacher stage of its own is trained (main trained one)
@@ -234,7 +235,7 @@ def test_epochs_option_scales_every_stage(capsys):
     from defectlite.cli.main import build_parser
     from defectlite.cli.train import build_config
 
-    args = build_parser().parse_args(["train", "--epochs", "8"])
+    args = build_parser().parse_args(["train", "--recipe", "neu-kd-eg-repvgg-fast", "--epochs", "8"])
     cfg = build_config(args)
     assert (cfg.teacher.optim.epochs, cfg.student.optim.epochs) == (6, 8)
 

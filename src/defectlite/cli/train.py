@@ -9,7 +9,7 @@ from pathlib import Path
 
 from defectlite.cli.options import add_command
 
-DEFAULT_RECIPE = "neu-kd-eg-repvgg-fast"
+DEFAULT_RECIPE = "neu-cpu-repnet-fast"
 # options that define a run: given beside --resume they would change it, so they are refused
 RUN_OPTIONS = ("data", "format", "recipe", "model", "seed", "channels", "epochs", "overrides", "teacher", "ensemble",
                "teacher_ensemble", "skip_bad", "keep_leaks")  # fmt: skip

@@ -121,21 +121,28 @@ def ort_timing(
 
 
 def interleaved_ort_latency(
-    paths: dict[str, str | Path], *, threads: int = 1, rounds: int = 5, runs: int = 100, warmup: int = 20
+    paths: dict[str, str | Path],
+    *,
+    threads: int = 1,
+    rounds: int = 5,
+    runs: int = 100,
+    warmup: int = 20,
+    batch: int = 1,
 ) -> dict[str, dict]:
-    """Batch-1 ONNX Runtime latency of several models, measured round-robin in one process.
+    """ONNX Runtime latency of several models at ``batch`` (default 1), measured round-robin in one process.
 
     Each round runs ``warmup`` untimed then ``runs`` timed calls of every model in turn, so that
     drift of the machine hits all models alike; ratios of the medians are comparable.
 
     Returns:
-        name -> {"median_ms", "p95_ms", "runs", "threads", "input_shape"} over ``rounds`` x ``runs`` calls.
+        name -> {"median_ms", "p95_ms", "images_per_s", "runs", "threads", "input_shape"} over ``rounds`` x
+        ``runs`` calls (ms per call of ``batch`` images).
     """
     sessions = {}
     for name, path in paths.items():
         sess = ort_session(path, threads)
         inp = sess.get_inputs()[0]
-        shape = [1, *[d if isinstance(d, int) else 1 for d in inp.shape[1:]]]
+        shape = [batch, *[d if isinstance(d, int) else 1 for d in inp.shape[1:]]]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         sessions[name] = (sess, inp.name, x)
     samples: dict[str, list[np.ndarray]] = {n: [] for n in paths}
@@ -148,6 +155,7 @@ def interleaved_ort_latency(
         out[name] = {
             "median_ms": round(float(np.median(ms)), 4),
             "p95_ms": round(float(np.percentile(ms, 95)), 4),
+            "images_per_s": round(batch * 1e3 / float(np.median(ms)), 1),
             "runs": int(len(ms)),
             "threads": threads,
             "input_shape": list(sessions[name][2].shape),
