@@ -82,9 +82,21 @@ class EgRepVgg(nn.Module):
 
 
 @register_model(input_size=(1, 200, 200), reparameterizable=True, paper="Xie & Shen 2022, Table 1")
-def eg_repvgg(*, num_classes: int, in_chans: int = 1) -> EgRepVgg:
-    """EG-RepVGG as in Table 1: 140,669 inference params (1 x 200 x 200, 6 classes; paper 0.14 M)."""
-    return EgRepVgg(EgRepVggCfg(), num_classes=num_classes, in_chans=in_chans)
+def eg_repvgg(
+    *,
+    num_classes: int,
+    in_chans: int = 1,
+    act: str = "gelu",
+    eca_kernel: int = 3,
+    widths: tuple[int, ...] | list[int] | None = None,
+) -> EgRepVgg:
+    """EG-RepVGG as in Table 1: 140,669 inference params (1 x 200 x 200, 6 classes; paper 0.14 M).
+
+    ``act``, ``eca_kernel`` and ``widths`` (9 block widths) exist for the ablation from Table 1 to
+    ``cpu_repnet`` (benchmarks/ablation.py); the defaults are the paper's.
+    """
+    cfg = EgRepVggCfg(act=act, eca_kernel=eca_kernel, **({"widths": tuple(widths)} if widths else {}))
+    return EgRepVgg(cfg, num_classes=num_classes, in_chans=in_chans)
 
 
 @register_model(input_size=(1, 200, 200), reparameterizable=True, paper="Xie & Shen 2022, Table 3 (no ECA/GELU)")
