@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-ablation"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation")
     args = ap.parse_args(argv)
-    rows, files = [], dict(zip(("mobilenetv3_small_050 fp32", "mobilenetv3_small_050 int8"),
-                               export_untrained("timm:mobilenetv3_small_050", args.runs / "untrained").values()))  # fmt: skip
+    ref = export_untrained("timm:mobilenetv3_small_050", args.runs / "untrained")
+    rows, files = [], {f"mobilenetv3_small_050 {form}": path for form, path in ref.items()}
     for step, change, model, sets in CHAIN:
         reports = [train_step(args.runs, step, model, sets, s, args.epochs) for s in range(args.seeds)]
         accs = [r["test"]["accuracy"] for r in reports]
