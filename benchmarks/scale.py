@@ -1,0 +1,154 @@
+"""Beyond one process, measured on this machine: DDP training, ensemble members in parallel, Ray Data inspection.
+
+    python benchmarks/scale.py ddp            # default recipe, seed 0: --nproc 1 vs --nproc 2 (accuracy, wall time)
+    python benchmarks/scale.py jobs           # a 5-member NEU ensemble's members: --jobs 1 vs --jobs 2 (wall time)
+    python benchmarks/scale.py ray            # 10,000 images (NEU repeated): predict --engine ray vs local
+
+Each writes ``benchmarks/results/scale_<what>.{json,md}``. Wall times are of the whole command, on the same cores,
+one after the other (nothing else running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from defectlite.data.locate import default_data_root
+from defectlite.evaluate.profile import machine
+from defectlite.utils import atomic_write_json, atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def timed(cmd: list[str], env: dict | None = None) -> float:
+    """Wall seconds of a command (which must succeed)."""
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, **(env or {})})
+    return time.perf_counter() - t0
+
+
+def ddp(runs: Path, epochs: int | None) -> dict:
+    rows = {}
+    for n in (1, 2):
+        run = runs / f"ddp-nproc{n}"
+        if not (run / "report.json").is_file():
+            extra = ["--epochs", str(epochs)] if epochs else []
+            cmd = [sys.executable, "-m", "defectlite.cli.main", "-q", "train", "--out", str(run), *extra]
+            wall = timed([*cmd, "--nproc", str(n)] if n > 1 else cmd)
+            (run / "wall_s.txt").write_text(f"{wall}\n")
+        report = json.loads((run / "report.json").read_text())
+        wall = float((run / "wall_s.txt").read_text()) / 60
+        rows[n] = {"test_accuracy": report["test"]["accuracy"], "wall_minutes": wall,
+                   "train_minutes": sum(s["train_minutes"] for s in report["stages"].values())}  # fmt: skip
+    lines = ["# DDP on one machine: default recipe, seed 0", "", "| processes | test accuracy | train min | wall min |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {n} | {100 * r['test_accuracy']:.2f} % | {r['train_minutes']:.1f} | {r['wall_minutes']:.1f} |"
+              for n, r in rows.items()]  # fmt: skip
+    return {"rows": rows, "md": lines}
+
+
+def jobs(runs: Path, epochs: int) -> dict:
+    rows = {}
+    for j in (1, 2):
+        run = runs / f"jobs{j}"
+        if not (run / "wall_s.txt").is_file():
+            cmd = [sys.executable, "-m", "defectlite.cli.main", "-q", "train", "--recipe", "neu-ensemble-fast",
+                   "--model", "cpu_repnet_m", "--epochs", str(epochs), "--out", str(run), "--jobs", str(j)]  # fmt: skip
+            wall = timed(cmd)
+            (run / "wall_s.txt").write_text(f"{wall}\n")
+        report = json.loads((run / "report.json").read_text())
+        members = [s for k, s in report["stages"].items() if k.startswith("member")]
+        rows[j] = {"wall_minutes": float((run / "wall_s.txt").read_text()) / 60,
+                   "member_train_minutes": sum(s["train_minutes"] for s in members),
+                   "focal_ensemble_accuracy": report["test_all"]["focal_ensemble"]["accuracy"]}  # fmt: skip
+    lines = [f"# Ensemble members in parallel: 5 members of cpu_repnet_m (neu-ensemble-fast, --epochs {epochs})", "",
+             "| --jobs | wall min (members + student) | member training min, summed | focal ensemble test acc |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {j} | {r['wall_minutes']:.1f} | {r['member_train_minutes']:.1f} | "
+              f"{100 * r['focal_ensemble_accuracy']:.2f} % |" for j, r in rows.items()]  # fmt: skip
+    return {"rows": rows, "md": lines}
+
+
+def _rss_mb(pattern: str) -> float:
+    """Resident memory (MB) of the processes whose command line contains ``pattern``."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if pattern in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def ray(runs: Path, model: Path, n: int) -> dict:
+    folder = runs / "ray-images"
+    src = sorted((default_data_root() / "neu-surface-defect" / "images").glob("*.jpg"))
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        for i in range(n):  # links, not copies: 10,000 names over the 1,800 NEU files
+            os.symlink(src[i % len(src)], folder / f"{i:05d}_{src[i % len(src)].name}")
+    local_s = timed([sys.executable, "-m", "defectlite.cli.main", "-q", "predict", str(model), str(folder), "--csv",
+                     str(runs / "local.csv")], {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    peak = {"mb": 0.0}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak["mb"] = max(peak["mb"], _rss_mb("ray"))
+            time.sleep(0.5)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    ray_s = timed([sys.executable, "-m", "defectlite.cli.main", "-q", "predict", str(model), str(folder),
+                   "--engine", "ray", "--out", str(runs / "ray-out")])  # fmt: skip
+    stop.set()
+    t.join()
+    rows = {"images": n, "local_images_per_s": n / local_s, "ray_images_per_s": n / ray_s, "ratio": local_s / ray_s,
+            "ray_processes_peak_rss_mb": peak["mb"], "local_s": local_s, "ray_s": ray_s}  # fmt: skip
+    lines = [f"# Batch inspection of {n:,} images (NEU repeated), 2 cores", "",
+             "| engine | wall s (whole command) | images/s |", "|---|---|---|",
+             f"| local `predict --csv` (1 thread) | {local_s:.1f} | {n / local_s:.0f} |",
+             f"| `--engine ray` (local Ray, Parquet) | {ray_s:.1f} | {n / ray_s:.0f} |", "",
+             f"Ray / local throughput: {local_s / ray_s:.2f}. Peak resident memory of the Ray processes (raylet, GCS, "
+             f"workers): {peak['mb']:.0f} MB."]  # fmt: skip
+    return {"rows": rows, "md": lines}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["ddp", "jobs", "ray"])
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench-scale"))
+    ap.add_argument("--epochs", type=int, help="ddp: override the default recipe's epochs; jobs: member epochs")
+    ap.add_argument("--model", type=Path, help="ray: the model.onnx to run")
+    ap.add_argument("--images", type=int, default=10_000, help="ray: images to inspect")
+    args = ap.parse_args(argv)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    if args.what == "ddp":
+        res = ddp(args.runs, args.epochs)
+    elif args.what == "jobs":
+        res = jobs(args.runs, args.epochs or 20)
+    else:
+        if args.model is None:
+            ap.error("ray needs --model")
+        res = ray(args.runs, args.model, args.images)
+    res["machine"] = machine()
+    md = [*res.pop("md"), "", f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores.", ""]
+    atomic_write_json(RESULTS / f"scale_{args.what}.json", res)
+    atomic_write_text(RESULTS / f"scale_{args.what}.md", "\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
