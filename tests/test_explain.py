@@ -120,7 +120,7 @@ def test_target_layer_finder_on_ours_timm_and_plain_models():
 
 def test_explainer_agrees_with_the_onnx_predictor(run_dir, neu_small):
     explainer = Explainer.from_checkpoint(run_dir)
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, fp32=True)  # Grad-CAM is the FP32 checkpoint; the run may deploy model.int8.onnx
     files = neu_images(neu_small)[::20]
     for f, pred in zip(files, predictor.predict_batch(files)):
         expl = explainer.explain(f)

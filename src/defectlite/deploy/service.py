@@ -293,11 +293,11 @@ def create_app(
         if target is not None and target not in explainer.classes:
             raise ApiError(422, "unknown_class", f"unknown class {target!r}; the model knows {explainer.classes}")
         check_request_pixels(files, max_pixels, max_request_pixels)
-        png, expl = await run_in_threadpool(_explain_png, explainer, files[0], target)
-        headers = {
+        png, expl, served = await run_in_threadpool(_explain_png, explainer, predictor, files[0], target)
+        headers = {  # the answer of the served model (maybe INT8); the map from the FP32 checkpoint
             "X-Defectlite-Class": quote(expl.label),
-            "X-Defectlite-Probability": f"{expl.probability:.6f}",
-            "X-Defectlite-Predicted": quote(expl.predicted),
+            "X-Defectlite-Probability": f"{served.probabilities[expl.label]:.6f}",
+            "X-Defectlite-Predicted": quote(served.label),
             "X-Defectlite-Layer": quote(expl.layer),
         }
         return Response(png, media_type="image/png", headers=headers)
@@ -368,12 +368,21 @@ def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Respons
     return Response(data, media_type=media_type)
 
 
-def _explain_png(explainer: Any, part: Part, target: str | None) -> tuple[bytes, Any]:
-    """Grad-CAM PNG of one uploaded image whose pixels were checked (runs in a worker thread)."""
+def _explain_png(explainer: Any, predictor: Predictor, part: Part, target: str | None) -> tuple[bytes, Any, Any]:
+    """Grad-CAM PNG of one uploaded image whose pixels were checked (runs in a worker thread).
+
+    The served model (``predictor``, maybe INT8) answers; Grad-CAM needs gradients, so the map comes from the FP32
+    checkpoint, for ``target`` or else for the class the served model predicted (so ``/v1/explain`` explains the
+    answer ``/v1/predict`` gives, even where INT8 and FP32 disagree near a tie).
+
+    Returns:
+        (PNG bytes, the :class:`Explanation`, the served :class:`Prediction`).
+    """
     from defectlite.evaluate.gradcam import overlay, png_bytes
 
     try:
-        expl = explainer.explain(part.data, target, part_name(part, 0))
+        served = predictor.predict(part.data)
+        expl = explainer.explain(part.data, target or predictor.classes[served.index], part_name(part, 0))
     except DataError as e:
         raise file_error([part], [(0, e)]) from None
-    return png_bytes(overlay(expl)), expl
+    return png_bytes(overlay(expl)), expl, served
