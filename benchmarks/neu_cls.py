@@ -137,9 +137,9 @@ def render(res: dict) -> str:
         lines += [f"Training budget of the peers: {res['budget_minutes']:.1f} min per seed (the default recipe's "
                   "mean training time); peers trained by the same loop (`neu-compare-fast`).", ""]  # fmt: skip
     lines += [
-        "| model | form | test acc (mean ± std) | val acc | train min | epochs | ms b1 | x mnv3s050 FP32 | "
+        "| model | form | seeds | test acc (mean ± std) | val acc | train min | epochs | ms b1 | x mnv3s050 FP32 | "
         "x mnv3s050 INT8 | img/s b64 | x mnv3s050 b64 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["rows"]:
         s = res["speed"][row["key"]]
@@ -147,7 +147,7 @@ def render(res: dict) -> str:
         val = f"{100 * row['val']:.2f} %" if row.get("val") is not None else "—"
         tm = f"{row['train_minutes']:.1f}" if row.get("train_minutes") else "—"
         lines.append(
-            f"| {row['model']} | {row['form']} | {acc} | {val} | {tm} | {row.get('epochs') or '—'} | {s['b1_ms']:.3f} "
+            f"| {row['model']} | {row['form']} | {row.get('seeds') or '—'} | {acc} | {val} | {tm} | {row.get('epochs') or '—'} | {s['b1_ms']:.3f} "
             f"| {s['b1_ms'] / ref['b1_ms']:.2f} | {s['b1_ms'] / ref8['b1_ms']:.2f} | {s['b64_img_s']:,.0f} "
             f"| {s['b64_img_s'] / ref['b64_img_s']:.2f} |"
         )
@@ -179,6 +179,8 @@ def pareto(res: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--peer-seeds", type=int, help="seeds of each timm peer (default: --seeds); fewer when time is short")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated timm peers (default: %(default)s)")
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-neu-cls"))
     ap.add_argument("--eg-runs", type=Path, help="existing neu-kd-eg-repvgg-fast runs <dir>/seed<s> to reuse")
@@ -202,17 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         seeds = range(args.seeds)
         ours = [train(args.runs / "default" / f"seed{s}", args.recipe, s) for s in seeds]
         budget_s = statistics.fmean(sum(st["train_minutes"] for st in r["stages"].values()) for r in ours) * 60
-        entries = [("default", args.recipe, None, None)]
-        entries.append(("eg_repvgg (paper, KD)", PAPER[1], None, None))
-        for peer in PEERS:
+        entries = [("default", args.recipe, None, None, seeds)]
+        entries.append(("eg_repvgg (paper, KD)", PAPER[1], None, None, seeds))
+        peer_seeds = range(args.peer_seeds or args.seeds)
+        for peer in filter(None, args.peers.split(",")):
             epochs = max(1, int(budget_s / epoch_seconds(args.runs, f"timm:{peer}")))
-            entries.append((peer, "neu-compare-fast", f"timm:{peer}", epochs))
-        for label, recipe, model, epochs in entries:
+            entries.append((peer, "neu-compare-fast", f"timm:{peer}", epochs, peer_seeds))
+        for label, recipe, model, epochs, its_seeds in entries:
             folder = args.runs / label.split()[0]
             if label.startswith("eg_repvgg") and args.eg_runs:
                 folder = args.eg_runs
-            reports = [train(folder / f"seed{s}", recipe, s, model, epochs) for s in seeds]
-            int8 = [int8_of(folder / f"seed{s}") for s in seeds]
+            reports = [train(folder / f"seed{s}", recipe, s, model, epochs) for s in its_seeds]
+            int8 = [int8_of(folder / f"seed{s}") for s in its_seeds]
             name = model.removeprefix("timm:") if model else reports[0]["model"]
             acc, std = mean_std([r["test"]["accuracy"] for r in reports])
             vals = [r["stages"]["student"]["best_val_score"] for r in reports]
@@ -221,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             files[f"{name} int8"] = int8[0]["path"]
             rows.append({"model": name, "form": "FP32", "key": f"{name} fp32", "acc": acc, "acc_std": std,
                          "val": statistics.fmean(vals), "train_minutes": minutes, "epochs": epochs or "recipe",
-                         "accs": [r["test"]["accuracy"] for r in reports]})  # fmt: skip
+                         "accs": [r["test"]["accuracy"] for r in reports], "seeds": len(reports)})  # fmt: skip
             a8, s8 = mean_std([q["test"] for q in int8])
             rows.append({"model": name, "form": "INT8" + (" (deployed)" if int8[0]["deployed"] else ""),
                          "key": f"{name} int8", "acc": a8, "acc_std": s8,
-                         "val": statistics.fmean(q["val"] for q in int8)})  # fmt: skip
+                         "val": statistics.fmean(q["val"] for q in int8), "seeds": len(int8)})  # fmt: skip
         res = {"mode": "full", "recipe": args.recipe, "rounds": args.rounds, "budget_minutes": budget_s / 60,
                "seeds": list(seeds)}  # fmt: skip
         for need in ("mobilenetv3_small_050",):  # the yardstick must be in the duel
