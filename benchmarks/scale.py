@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -108,6 +109,7 @@ def ray(runs: Path, model: Path, n: int) -> dict:
             peak["mb"] = max(peak["mb"], _rss_mb("ray"))
             time.sleep(0.5)
 
+    shutil.rmtree(runs / "ray-out", ignore_errors=True)  # predict --engine ray refuses a folder holding Parquet
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     ray_s = timed([sys.executable, "-m", "defectlite.cli.main", "-q", "predict", str(model), str(folder),

@@ -31,7 +31,18 @@ def test_ray_rows_equal_local_predict_rows(run_dir, neu_small, tmp_path):
     local = sorted(tuple(r.values()) for r in csv.DictReader((tmp_path / "local.csv").open()))
     res = predict_ray(run_dir / "model.onnx", [folder], tmp_path / "ray", num_cpus=2, object_store_mb=100,
                       batch_size=8)  # fmt: skip
-    table = pq.read_table(tmp_path / "ray").to_pylist()
-    remote = sorted((r["path"].rsplit("/", 1)[-1], r["class"], r["probability"], r["error"]) for r in table)
+    table = pq.read_table(tmp_path / "ray")
+    assert table.column_names == ["path", "class", "probability", "top", "error"]  # one schema, every block
+    table = table.to_pylist()
+    remote = sorted((r["path"].rsplit("/", 1)[-1], r["class"], r["probability"], r["top"], r["error"]) for r in table)
     assert res["images"] == 21 and res["errors"] == 1
-    assert remote == sorted((p.rsplit("/", 1)[-1], c, pr, e) for p, c, pr, e in local)
+    assert remote == sorted((p.rsplit("/", 1)[-1], c, pr, t, e) for p, c, pr, t, e in local)
+
+
+def test_ray_refuses_an_out_folder_holding_other_files(run_dir, neu_small, tmp_path):
+    from defectlite.errors import ConfigError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.parquet").write_bytes(b"rows of another job")
+    with pytest.raises(ConfigError, match="exists and is not an empty folder"):
+        predict_ray(run_dir, [neu_small], tmp_path / "out")

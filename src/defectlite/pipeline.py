@@ -23,7 +23,7 @@ from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
 from defectlite.deploy.onnx_export import PARITY_TOL, export_onnx
-from defectlite.errors import CheckpointError
+from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.evaluate.profile import count_macs, count_params, file_size_mb, machine, ort_timing, torch_timing
 from defectlite.evaluate.report import write_curves, write_report
 from defectlite.runs import Run, TeacherSource, create_run, open_run
@@ -191,9 +191,16 @@ def train_run(
         argv: the command line, recorded in ``run.json``.
 
     Raises:
-        DataError, ConfigError, CheckpointError, TrainingError: bad data, recipe, teacher, or a diverged stage.
+        DataError, ConfigError, CheckpointError, TrainingError: bad data, recipe, teacher (a checkpoint teacher
+            for a recipe that trains an ensemble teacher is refused), or a diverged stage.
     """
     get_task(cfg.task).check_config(cfg)  # before anything is written or read
+    if teacher is not None and teacher.kind == "checkpoint" and cfg.ensemble.members > 0:
+        raise ConfigError(
+            f"--teacher {teacher.path}: recipe {cfg.name!r} distils from an ensemble of {cfg.ensemble.members} "
+            "members it trains; give --teacher-ensemble RUN for an ensemble already trained, or drop the members "
+            "with --set ensemble.members=0 to distil from this checkpoint"
+        )
     w = dist.init_from_env(cfg.device)
     run = create_run(run_dir, cfg, teacher=teacher, argv=argv) if w.main else None
     dist.barrier()
@@ -218,7 +225,15 @@ def resume_run(run: Run, progress: bool = True) -> dict[str, Any] | None:
     data = task.load_data(cfg, run, progress and w.main)
     if w.main:
         dist.barrier()
-    log.info("data: %s, classes %s, split %s", data.root, data.classes, data.counts())
+    counts = data.counts()
+    log.info("data: %s, classes %s, split %s", data.root, data.classes, counts)
+    empty = [s for s in ("val", "test") if not counts.get(s)]
+    if empty:  # before any training: selection needs val, the report test
+        raise DataError(
+            f"{data.root}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty ({counts}); "
+            "a run selects its epoch on val and scores test: give each a share (data.split, now "
+            f"{list(cfg.data.split)}) or more images"
+        )
     card = task.card(cfg, data)
     stages: dict[str, Any] = {}
     teacher, options = _teacher(run, cfg, task, data, card, stages, progress)
@@ -308,18 +323,21 @@ def deploy_int8(run: Run, cfg: RecipeCfg, task: Any, data: Any) -> dict[str, Any
     images = task.split_truth(data, "train")[0][: cfg.int8.calib_images]
     meta = Predictor(run.onnx, fp32=True).meta
     tmp = run.root / ".model.int8.candidate.onnx"
-    quantize_onnx(run.onnx, tmp, normalize(images, meta["mean"], meta["std"]), min_reduction=cfg.int8.min_reduction)
-    scores = {}
-    for name, onnx_path in (("fp32", run.onnx), ("int8", tmp)):
-        p = Predictor.for_scoring(onnx_path)
-        scores[name] = {s: p.score(*task.split_truth(data, s))[key] for s in ("val", "test")}
-    drop = scores["fp32"]["val"] - scores["int8"]["val"]
-    keep = drop <= cfg.int8.max_drop
-    if keep:
-        tmp.replace(path)
-    else:
-        tmp.unlink()
-        log.info("INT8 not deployed: validation %s drops by %.4f (> %.4f)", key, drop, cfg.int8.max_drop)
+    try:
+        quantize_onnx(run.onnx, tmp, normalize(images, meta["mean"], meta["std"]),
+                      min_reduction=cfg.int8.min_reduction)  # fmt: skip
+        scores = {}
+        for name, onnx_path in (("fp32", run.onnx), ("int8", tmp)):
+            p = Predictor.for_scoring(onnx_path)
+            scores[name] = {s: p.score(*task.split_truth(data, s))[key] for s in ("val", "test")}
+        drop = scores["fp32"]["val"] - scores["int8"]["val"]
+        keep = drop <= cfg.int8.max_drop
+        if keep:
+            tmp.replace(path)
+        else:
+            log.info("INT8 not deployed: validation %s drops by %.4f (> %.4f)", key, drop, cfg.int8.max_drop)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed quantisation leaves no half-written candidate behind
     h, w = cfg.data.input_size
     shape = (1, cfg.data.channels, h, w)
     timings, prof = {}, cfg.profile
@@ -398,7 +416,12 @@ def export_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
 
     Args:
         run_dir: a run folder (its deployed stage, from ``run.json``, must have a best checkpoint).
-        out: the .onnx to write (default ``<run>/model.onnx``).
+        out: the .onnx to write (default ``<run>/model.onnx``, whose INT8 form is then made again by
+            :func:`deploy_int8`, so ``predict`` never runs an INT8 model of an older export).
+
+    Returns:
+        What :func:`export_and_check` returns, with ``int8`` (what :func:`deploy_int8` returns) when the run's own
+        ``model.onnx`` was written.
     """
     run = open_run(run_dir)
     cfg = run.config()
@@ -406,4 +429,8 @@ def export_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     data = task.load_data(cfg, run, progress=False)
     model, dcard = deploy_checkpoint(run, cfg, task, data)
     images = task.split_truth(data, "val")[0][:64]
-    return export_and_check(Path(out or run.onnx), model, dcard, task, images)
+    target = Path(out or run.onnx)
+    res = export_and_check(target, model, dcard, task, images)
+    if target.resolve() == run.onnx.resolve():
+        res["int8"] = deploy_int8(run, cfg, task, data)
+    return res

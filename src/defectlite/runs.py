@@ -123,7 +123,8 @@ class Run:
     def members(self) -> list[str]:
         """Names of the ensemble member stages with a best checkpoint, in index order."""
         found = [p.name for p in self.root.glob("member*") if (p / "best.json").is_file()]
-        return sorted(found, key=lambda n: int(n.removeprefix("member") or 0))
+        found = [n for n in found if n.removeprefix("member").isdigit()]  # not member_old/, a user's copy
+        return sorted(found, key=lambda n: int(n.removeprefix("member")))
 
     @property
     def deployed(self) -> Path:

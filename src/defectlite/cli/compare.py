@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from defectlite.cli.options import add_command
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     sets = list(args.overrides)
     if args.data:
-        sets += [f"data.path={args.data}", "data.format=auto"]
+        sets += [f"data.path={json.dumps(str(args.data))}", "data.format=auto"]  # quoted: stays a string
     if args.keep_leaks:
         sets.append("data.keep_leaks=true")
     cfg = load_recipe(args.recipe)

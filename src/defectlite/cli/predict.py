@@ -70,15 +70,13 @@ def expand(paths: list[Path]) -> list[Path]:
 
 def run_ray(args: argparse.Namespace, options: dict) -> int:
     """``--engine ray``: the same answers, written as Parquet by Ray Data; a summary with the throughput."""
-    from defectlite.deploy.predictor import resolve_model_path
     from defectlite.errors import ConfigError
     from defectlite.workflows.ray_predict import predict_ray
 
     if args.out is None:
         raise ConfigError("--engine ray writes Parquet: give --out DIR")
-    model = resolve_model_path(args.model, fp32=args.fp32)
-    res = predict_ray(model, args.paths, args.out, address=args.address, actors=args.actors, threads=args.threads,
-                      batch_size=args.batch_size, options=options)  # fmt: skip
+    res = predict_ray(args.model, args.paths, args.out, fp32=args.fp32, address=args.address, actors=args.actors,
+                      threads=args.threads, batch_size=args.batch_size, options=options)  # fmt: skip
     print(
         f"{res['images']} image(s), {res['rows']} row(s), {res['errors']} unreadable, in {res['seconds']:.1f} s "
         f"({res['images_per_s']:.1f} images/s, {res['actors']} actor(s)) -> {res['out']}"
@@ -134,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 names.add(stem)
                 predictor.runtime.draw(f, res, predictor.meta).save(args.save_images / f"{stem}_pred.png")
     if args.csv:
-        columns = ["path", *dict.fromkeys(k for r in rows for k in r if k not in ("path", "error")), "error"]
+        columns = list(dict.fromkeys([*predictor.columns, *(k for r in rows for k in r)]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
         writer.writeheader()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -130,9 +131,9 @@ def build_config(args: argparse.Namespace):
     if args.epochs is not None:
         sets += scale_epochs(cfg, args.epochs)
     sets += args.overrides or []
-    for key, value in (
-        ("data.path", args.data),
-        ("data.format", args.format),
+    for key, value in (  # text quoted: a folder named 2024, 1e3 or "a: b" stays a string
+        ("data.path", args.data and json.dumps(str(args.data))),
+        ("data.format", args.format and json.dumps(args.format)),
         ("seed", args.seed),
         ("data.channels", args.channels),
         ("ensemble.members", args.ensemble),

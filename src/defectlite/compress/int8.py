@@ -66,7 +66,7 @@ def quantize_onnx(
     exclude: list[str] | None = None,
     min_reduction: int = 128,
 ) -> Path:
-    """Write an INT8 (QDQ) copy of an ONNX classifier, calibrated on ``calibration``.
+    """Write an INT8 (QDQ) copy of an ONNX model (classifier or detector), calibrated on ``calibration``.
 
     Args:
         model_path: float32 ONNX model (with defectlite metadata, which is copied over).

@@ -165,6 +165,8 @@ def read_yolo(root: Path, classes: Sequence[str] | None) -> tuple[list[str], lis
     """YOLO txt labels (normalised boxes) and the names list, in ``images/`` + ``labels/`` and their split folders."""
     names = _yolo_names(root, classes)
     img_dir, lbl_dir = root / "images", root / "labels"
+    if not img_dir.is_dir():
+        raise DataError(f"{root}: the YOLO layout needs an images/ folder (and labels/ beside it)")
     folders = [(img_dir, lbl_dir, None)] + [
         (d, lbl_dir / d.name, SPLIT_NAMES[d.name.lower()])
         for d in sorted(img_dir.iterdir())
@@ -259,7 +261,7 @@ def _parse_coco(f: Path, root: Path, bad: Bad) -> tuple[dict[int, str], list[Lab
     split = SPLIT_NAMES.get(stem) if f.name != "annotations.json" else None
     per_image: dict[int, list[dict]] = {i: [] for i in images}
     for a in anns:
-        if a.get("image_id") not in per_image:
+        if not isinstance(a.get("image_id"), (int, str)) or a.get("image_id") not in per_image:
             bad.append((str(f), f"annotation {a.get('id')} refers to unknown image_id {a.get('image_id')!r}"))
         elif not a.get("iscrowd"):
             per_image[a["image_id"]].append(a)

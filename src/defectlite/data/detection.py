@@ -40,6 +40,7 @@ listed in :attr:`DetIndex.skipped`. A label file without boxes is a valid negati
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from defectlite.data.cache import raise_bad_files
+from defectlite.data.decode import read_image_file
 from defectlite.data.det_layouts import BadFile, LabelEntry, coco_files, read_coco, read_voc, read_yolo, voc_dirs
 from defectlite.errors import ConfigError, DataError
 
@@ -218,7 +220,11 @@ def _finish(
 
 def _image_size(e: LabelEntry) -> tuple[int, int]:
     try:
-        with Image.open(e.path) as img:
+        data = read_image_file(e.path)  # a FIFO, folder or unreadable file named, never a hang
+    except DataError as err:
+        raise BadFile(e.path, str(err).removeprefix(f"{e.path}: ")) from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise BadFile(e.path, f"not a readable image ({err})") from None

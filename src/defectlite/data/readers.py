@@ -345,5 +345,8 @@ def _read_csv_list(path: Path) -> tuple[list[Path], list[str]]:
         raise DataError(f"{path}: cannot read the image list ({e})") from None
     if not rows or not {"path", "class"} <= set(rows[0]):
         raise DataError(f"{path}: expected a CSV with columns path and class")
+    short = next((i for i, r in enumerate(rows, start=2) if not r["path"] or r["class"] is None), None)
+    if short is not None:
+        raise DataError(f"{path}: line {short} has no path or no class")
     paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else path.parent / r["path"] for r in rows]
     return paths, [r["class"] for r in rows]

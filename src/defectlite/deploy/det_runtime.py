@@ -28,6 +28,7 @@ class DetectRuntime:
     """
 
     name = "detect"
+    columns: tuple[str, ...] = ("class", "score", "x1", "y1", "x2", "y2")
     options: tuple[str, ...] = ("conf", "iou", "max_det")
     eval_options = {"conf": EVAL_CONF, "iou": EVAL_IOU}  # what val and the run's test scoring use
     score_key = "map50"

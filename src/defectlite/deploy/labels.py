@@ -73,6 +73,7 @@ class ClassifyRuntime:
     """Logits (N, K) -> one :class:`Prediction` per image."""
 
     name = "classify"
+    columns: tuple[str, ...] = ("class", "probability", "top")  # top: only filled when uncertain
     options: tuple[str, ...] = ("min_confidence",)  # a number in [0, 1], or "recommended" (the model's own)
     eval_options: dict[str, Any] = {}
     score_key = "accuracy"  # the headline metric of :meth:`score` (prune / quantise tables)

@@ -72,7 +72,7 @@ def export_onnx(
     """Re-parameterise a copy of ``model`` and write it as ONNX (dynamic batch) with its metadata.
 
     Input ``input`` float32 (N, C, H, W), normalised as the card says; output ``logits`` (N, K) for a
-    classifier, or whatever ``module`` (the task's export wrapper of the fused model) returns.
+    classifier, or whatever ``wrap`` (the task's export wrapper of the fused model) returns.
 
     Args:
         model: trained model (training or deployed form).

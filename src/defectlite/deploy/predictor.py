@@ -5,7 +5,7 @@ Used by ``defectlite predict``, ``defectlite val`` and the HTTP service; the Pyt
     from defectlite import Predictor
     p = Predictor("runs/neu/model.onnx")      # or the run folder
     p.predict("crazing_1.jpg")                # classifier: Prediction(label='crazing', probability=0.99, ...)
-                                              # detector: Detections(boxes, scores, labels, names)
+                                              # detector: Detections(boxes, scores, labels)
 
 What an answer is depends on the model's task (its ONNX metadata); the task's runtime
 (:mod:`defectlite.deploy.runtime`) turns the raw outputs into it, so this class never branches on the task.
@@ -67,7 +67,7 @@ class Predictor:
     Raises:
         CheckpointError: missing model, missing or invalid defectlite metadata, or outputs that are not finite
             on a probe input (a diverged model).
-        ConfigError: an option the task does not know.
+        ConfigError: an option the task does not know, or of a value it refuses (e.g. ``min_confidence=2``).
     """
 
     def __init__(
@@ -94,14 +94,22 @@ class Predictor:
         self._probe()
 
     def _probe(self) -> None:
-        """Refuse a model whose outputs are not finite on a mid-grey image (e.g. trained to NaN)."""
+        """Refuse a model whose outputs are not finite on a mid-grey image (e.g. trained to NaN), and option values
+        that would fail every answer (answering the probe with them), before the first image is read."""
         x = normalize(np.full((1, self.channels, *self.input_size), 128, np.uint8), self.meta["mean"], self.meta["std"])
-        bad = [o.name for o, y in zip(self.session.get_outputs(), self.run(x)) if not np.isfinite(y).all()]
+        outputs = self.run(x)
+        bad = [o.name for o, y in zip(self.session.get_outputs(), outputs) if not np.isfinite(y).all()]
         if bad:
             raise CheckpointError(
                 f"{self.path}: the model's output {', '.join(bad)} is not finite on a probe image; it was probably "
                 "trained to NaN / inf (retrain it with a lower learning rate)"
             )
+        self.answers(outputs, [self.input_size])
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns of :meth:`rows` (``predict --csv``, Ray's Parquet): path, the task's own, error."""
+        return ["path", *getattr(self.runtime, "columns", ()), "error"]
 
     def preprocess(
         self, images: Sequence[ImageSource], names: Sequence[str] | None = None

@@ -14,6 +14,7 @@ A runtime is an object with::
     as_rows(result, meta) -> list[dict[str, str]]     # CSV rows / printed lines (one per class or box)
     draw(source, result, meta) -> PIL.Image           # the answer drawn on the image (--save-images)
     options: tuple[str, ...]                          # keyword options postprocess accepts (e.g. conf, iou)
+    columns: tuple[str, ...]                          # the keys of as_rows (every row has them, maybe empty)
     eval_options: dict                                # the options scoring uses (detection: conf 0.001)
     score_key: str                                    # the headline metric of score() (accuracy, map50)
     read_labelled(root, meta, format=, split=)        # a labelled folder -> (image paths, ground truth)

@@ -204,7 +204,8 @@ def create_app(
     app = FastAPIOffline(  # FastAPI whose /docs and /redoc load no CDN
         title="defectlite inspection service",
         version=str(meta.get("defectlite_version", "unknown")),
-        description=f"Surface-defect classification with {meta.get('model', 'a defectlite model')} on ONNX Runtime.",
+        description=f"Surface-defect inspection ({predictor.task}) with {meta.get('model', 'a defectlite model')} on "
+        "ONNX Runtime.",
         lifespan=lifespan,
     )
     app.state.predictor, app.state.batcher, app.state.explainer = predictor, batcher, explainer

@@ -64,6 +64,12 @@ class DataCfg:
     train_fraction: Annotated[float, Range(gt=0, le=1)] = 1.0  # keep this stratified share of the training split
     skip_bad: bool = False  # leave unreadable images out (listed in the report) instead of failing
 
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2:
+            raise ConfigError(f"data.input_size: expected [H, W] in pixels, got {self.input_size!r}")
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"data.split: expected [train, val, test] shares summing to 1, got {self.split!r}")
+
 
 @dataclass
 class AugmentCfg:
@@ -371,7 +377,8 @@ def model_overrides(cfg: RecipeCfg, model: str) -> list[str]:
 
 def scale_epochs(cfg: RecipeCfg, epochs: int) -> list[str]:
     """Overrides that train the student ``epochs`` epochs and every other stage (teacher, ensemble members) in
-    the recipe's proportion to the student; warm-up, multi-step milestones and SWA epochs scale alike.
+    the recipe's proportion to the student; warm-up, multi-step milestones, SWA epochs and the mosaic-free last
+    epochs (``<stage>.augment.close_mosaic``) scale alike.
 
     Raises:
         ConfigError: ``epochs`` < 1.
@@ -391,6 +398,8 @@ def scale_epochs(cfg: RecipeCfg, epochs: int) -> list[str]:
             sets.append(f"{path}.optim.milestones=[{', '.join(str(max(1, round(m * r))) for m in o.milestones)}]")
         if o.swa_epochs:
             sets.append(f"{path}.optim.swa_epochs={max(1, min(n, round(o.swa_epochs * r)))}")
+        if stage.augment.close_mosaic:
+            sets.append(f"{path}.augment.close_mosaic={min(n, round(stage.augment.close_mosaic * r))}")
     return sets
 
 

@@ -13,7 +13,7 @@ needs to continue exactly where it stopped:
 
 The file is the stage's commit point: a kill before its rename leaves the previous epoch's state whole,
 a kill after it leaves this epoch's. ``best.safetensors`` / ``best.json`` are derived from it and
-rewritten on resume (:func:`restore_best`), so no kill point can leave them out of step.
+rewritten on resume (:func:`write_best`), so no kill point can leave them out of step.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from defectlite.errors import ConfigError
 from defectlite.evaluate.profile import interleaved_ort_latency
 from defectlite.pipeline import train_run
 from defectlite.train.config import RecipeCfg, apply_overrides, model_overrides
@@ -51,7 +52,13 @@ def compare(
         out: the comparison folder.
         overrides: extra ``key=value`` overrides applied to every run.
         threads: ONNX Runtime threads for the latency column.
+
+    Raises:
+        ConfigError: a recipe of another task than classification (the table compares accuracy and MCC).
     """
+    if cfg.task != "classify":
+        raise ConfigError(f"compare ranks classifiers by accuracy and MCC; recipe {cfg.name!r} is a {cfg.task} "
+                          "recipe (train each model with `defectlite train --model M` and compare their reports)")  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

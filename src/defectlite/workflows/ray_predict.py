@@ -40,12 +40,12 @@ class _Answer:
     def __init__(self, model: str, threads: int, options: dict[str, Any]) -> None:
         from defectlite.deploy.predictor import Predictor
 
-        self.predictor = Predictor(model, threads=threads, **options)
+        self.predictor = Predictor(model, threads=threads, fp32=True, **options)  # the file predict_ray resolved
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         paths = [str(p) for p in batch["path"]]
         rows = [r for _, answer in self.predictor.rows(list(batch["bytes"]), paths) for r in answer]
-        columns = list(dict.fromkeys(k for r in rows for k in r))
+        columns = list(dict.fromkeys([*self.predictor.columns, *(k for r in rows for k in r)]))  # one schema
         return {k: [r.get(k, "") for r in rows] for k in columns}
 
 
@@ -54,6 +54,7 @@ def predict_ray(
     sources: Sequence[str | Path],
     out: str | Path,
     *,
+    fp32: bool = False,
     address: str | None = None,
     actors: int | None = None,
     threads: int = 1,
@@ -65,7 +66,8 @@ def predict_ray(
     """Answer every image under ``sources`` on Ray Data and write the rows to Parquet files in ``out``.
 
     Args:
-        model: an exported ``model.onnx`` (every actor loads it; on a cluster it must be readable from every node).
+        model: an exported ``model.onnx`` or its run folder (every actor loads it; on a cluster it must be readable
+            from every node); its INT8 form beside it is run unless ``fp32`` (see ``resolve_model_path``).
         sources: files, folders or URIs Ray Data reads (``ray.data.read_binary_files``), image suffixes only.
         address: a running Ray cluster (``auto``: the one this machine belongs to); None starts a local Ray.
         actors: Predictor actors (default: as many as the CPUs allow beside the reads).
@@ -78,11 +80,18 @@ def predict_ray(
         ``{"images", "rows", "errors", "seconds", "images_per_s", "actors", "out"}``.
 
     Raises:
-        ConfigError: Ray is not installed, or no actor fits beside the reads.
+        ConfigError: Ray is not installed, no actor fits beside the reads, or ``out`` is a folder that is not empty.
+        CheckpointError: the model file is missing.
     """
     why = ray_available()
     if why:
         raise ConfigError(f"--engine ray needs {why}")
+    from defectlite.deploy.predictor import resolve_model_path
+
+    model = resolve_model_path(model, fp32=fp32)
+    if "://" not in str(out) and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty folder: Parquet files of another job would mix "
+                          "with these rows; give a new folder")  # fmt: skip
     import ray
     from ray.data import ActorPoolStrategy
 
