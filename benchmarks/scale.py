@@ -2,7 +2,8 @@
 
     python benchmarks/scale.py ddp            # default recipe, seed 0: --nproc 1 vs --nproc 2 (accuracy, wall time)
     python benchmarks/scale.py jobs           # a 5-member NEU ensemble's members: --jobs 1 vs --jobs 2 (wall time)
-    python benchmarks/scale.py ray            # 10,000 images (NEU repeated): predict --engine ray vs local
+    python benchmarks/scale.py ray --model M  # 10,000 images (NEU repeated): predict --engine ray (its defaults,
+                                              # --actors 2, --batch-size 256, both) vs local; --images N
 
 Each writes ``benchmarks/results/scale_<what>.{json,md}``. Wall times are of the whole command, on the same cores,
 one after the other (nothing else running).
@@ -27,11 +28,11 @@ from defectlite.utils import atomic_write_json, atomic_write_text
 RESULTS = Path(__file__).parent / "results"
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
-    """Wall seconds of a command (which must succeed)."""
+def timed(cmd: list[str], env: dict | None = None, quiet: bool = False) -> float:
+    """Wall seconds of a command (which must succeed); ``quiet``: its standard output is discarded (still timed)."""
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, **(env or {})})
+    subprocess.run(cmd, check=True, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL if quiet else None)
     return time.perf_counter() - t0
 
 
@@ -92,38 +93,48 @@ def _rss_mb(pattern: str) -> float:
     return total / 1024
 
 
+RAY_CONFIGS = {  # what predict --engine ray is given beside the defaults
+    "default": [],
+    "--actors 2": ["--actors", "2"],
+    "--batch-size 256": ["--batch-size", "256"],
+    "--actors 2 --batch-size 256": ["--actors", "2", "--batch-size", "256"],
+}
+
+
 def ray(runs: Path, model: Path, n: int) -> dict:
-    folder = runs / "ray-images"
+    folder = runs / f"ray-images-{n}"
     src = sorted((default_data_root() / "neu-surface-defect" / "images").glob("*.jpg"))
     if not folder.is_dir():
         folder.mkdir(parents=True)
-        for i in range(n):  # links, not copies: 10,000 names over the 1,800 NEU files
-            os.symlink(src[i % len(src)], folder / f"{i:05d}_{src[i % len(src)].name}")
+        for i in range(n):  # links, not copies: n names over the 1,800 NEU files
+            os.symlink(src[i % len(src)], folder / f"{i:06d}_{src[i % len(src)].name}")
     local_s = timed([sys.executable, "-m", "defectlite.cli.main", "-q", "predict", str(model), str(folder), "--csv",
-                     str(runs / "local.csv")], {"OMP_NUM_THREADS": "1"})  # fmt: skip
-    peak = {"mb": 0.0}
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak["mb"] = max(peak["mb"], _rss_mb("ray"))
-            time.sleep(0.5)
-
-    shutil.rmtree(runs / "ray-out", ignore_errors=True)  # predict --engine ray refuses a folder holding Parquet
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    ray_s = timed([sys.executable, "-m", "defectlite.cli.main", "-q", "predict", str(model), str(folder),
-                   "--engine", "ray", "--out", str(runs / "ray-out")])  # fmt: skip
-    stop.set()
-    t.join()
-    rows = {"images": n, "local_images_per_s": n / local_s, "ray_images_per_s": n / ray_s, "ratio": local_s / ray_s,
-            "ray_processes_peak_rss_mb": peak["mb"], "local_s": local_s, "ray_s": ray_s}  # fmt: skip
+                     str(runs / "local.csv")], {"OMP_NUM_THREADS": "1"}, quiet=True)  # fmt: skip
+    rows: dict = {"images": n, "local_s": local_s, "local_images_per_s": n / local_s, "ray": {}}
     lines = [f"# Batch inspection of {n:,} images (NEU repeated), 2 cores", "",
-             "| engine | wall s (whole command) | images/s |", "|---|---|---|",
-             f"| local `predict --csv` (1 thread) | {local_s:.1f} | {n / local_s:.0f} |",
-             f"| `--engine ray` (local Ray, Parquet) | {ray_s:.1f} | {n / ray_s:.0f} |", "",
-             f"Ray / local throughput: {local_s / ray_s:.2f}. Peak resident memory of the Ray processes (raylet, GCS, "
-             f"workers): {peak['mb']:.0f} MB."]  # fmt: skip
+             "Wall time of the whole command (Ray's start-up included), one after the other, nothing else running.",
+             "", "| engine | wall s | images/s | Ray / local | peak RSS of the Ray processes, MB |",
+             "|---|---|---|---|---|",
+             f"| local `predict --csv` (1 thread) | {local_s:.1f} | {n / local_s:.0f} | 1 | — |"]  # fmt: skip
+    for name, extra in RAY_CONFIGS.items():
+        peak = {"mb": 0.0}
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                peak["mb"] = max(peak["mb"], _rss_mb("ray"))
+                time.sleep(0.5)
+
+        shutil.rmtree(runs / "ray-out", ignore_errors=True)  # predict --engine ray refuses a folder holding Parquet
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        ray_s = timed([sys.executable, "-m", "defectlite.cli.main", "-q", "predict", str(model), str(folder),
+                       "--engine", "ray", "--out", str(runs / "ray-out"), *extra])  # fmt: skip
+        stop.set()
+        t.join()
+        rows["ray"][name] = {"s": ray_s, "images_per_s": n / ray_s, "ratio": local_s / ray_s, "peak_rss_mb": peak["mb"]}
+        lines.append(f"| `--engine ray` {name} | {ray_s:.1f} | {n / ray_s:.0f} | {local_s / ray_s:.2f} | "
+                     f"{peak['mb']:.0f} |")  # fmt: skip
     return {"rows": rows, "md": lines}
 
 
@@ -146,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         res = ray(args.runs, args.model, args.images)
     res["machine"] = machine()
     md = [*res.pop("md"), "", f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores.", ""]
-    atomic_write_json(RESULTS / f"scale_{args.what}.json", res)
-    atomic_write_text(RESULTS / f"scale_{args.what}.md", "\n".join(md))
+    name = f"scale_{args.what}" + (f"_{args.images}" if args.what == "ray" and args.images != 10_000 else "")
+    atomic_write_json(RESULTS / f"{name}.json", res)
+    atomic_write_text(RESULTS / f"{name}.md", "\n".join(md))
     print("\n".join(md))
     return 0
 
