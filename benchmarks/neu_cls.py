@@ -147,7 +147,8 @@ def render(res: dict) -> str:
         val = f"{100 * row['val']:.2f} %" if row.get("val") is not None else "—"
         tm = f"{row['train_minutes']:.1f}" if row.get("train_minutes") else "—"
         lines.append(
-            f"| {row['model']} | {row['form']} | {row.get('seeds') or '—'} | {acc} | {val} | {tm} | {row.get('epochs') or '—'} | {s['b1_ms']:.3f} "
+            f"| {row['model']} | {row['form']} | {row.get('seeds') or '—'} | {acc} | {val} | {tm} "
+            f"| {row.get('epochs') or '—'} | {s['b1_ms']:.3f} "
             f"| {s['b1_ms'] / ref['b1_ms']:.2f} | {s['b1_ms'] / ref8['b1_ms']:.2f} | {s['b64_img_s']:,.0f} "
             f"| {s['b64_img_s'] / ref['b64_img_s']:.2f} |"
         )
@@ -179,7 +180,7 @@ def pareto(res: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--peer-seeds", type=int, help="seeds of each timm peer (default: --seeds); fewer when time is short")
+    ap.add_argument("--peer-seeds", type=int, help="seeds of each timm peer (default: --seeds); fewer if time is short")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated timm peers (default: %(default)s)")
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-neu-cls"))

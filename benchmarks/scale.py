@@ -120,7 +120,7 @@ def ray(runs: Path, model: Path, n: int) -> dict:
         peak = {"mb": 0.0}
         stop = threading.Event()
 
-        def watch():
+        def watch(stop: threading.Event = stop, peak: dict = peak) -> None:
             while not stop.is_set():
                 peak["mb"] = max(peak["mb"], _rss_mb("ray"))
                 time.sleep(0.5)

@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     )
     p.add_argument("--out", type=Path, help="--engine ray: the Parquet folder to write")
     p.add_argument("--address", help="--engine ray: a running Ray cluster (auto: this machine's); default: start one")
-    p.add_argument("--actors", type=int, help="--engine ray: Predictor actors (default: what the CPUs allow)")
+    p.add_argument(
+        "--actors", type=int, help="--engine ray: Predictor actors (default: one per CPU, sharing what the reads leave)"
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.set_defaults(func=run)
 

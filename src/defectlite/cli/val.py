@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
             "Run MODEL (an ONNX file, or a run folder's deployed model: model.int8.onnx when the run kept it, else "
             "model.onnx) on every image of a labelled set and write metrics.json and figures to --out (classifier: "
             "accuracy, MCC, per-class P/R/F1, ECE, coverage at the model's operating point, confusion matrix; "
-            "detector: mAP@0.5, mAP@0.5:0.95, per-class AP, PR curves); print a short table. Needs only ONNX Runtime (the base install, no PyTorch). Images of any size go through the "
+            "detector: mAP@0.5, mAP@0.5:0.95, per-class AP, PR curves); print a short table. Needs only ONNX "
+            "Runtime (the base install, no PyTorch). Images of any size go through the "
             "model's own preprocessing; classes the model does not know are an error."
         ),
     )
@@ -31,7 +32,11 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         help="labelled folder in any layout `train` reads (class sub-folders, train/val/test tree, NEU, TIG), or a "
         "CSV file with columns path,class",
     )
-    p.add_argument("--format", default="auto", help="data layout (classifier: folder, neu, tig; detector: voc, yolo, coco; default: detect it)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        help="data layout (classifier: folder, neu, tig; detector: voc, yolo, coco; default: detect it)",
+    )
     p.add_argument("--split", choices=["train", "val", "test"], help="only this split of a pre-split folder")
     p.add_argument(
         "--out", type=Path, help="folder for metrics.json and figures (default: val-<data name> beside MODEL)"

@@ -57,8 +57,10 @@ def compare(
         ConfigError: a recipe of another task than classification (the table compares accuracy and MCC).
     """
     if cfg.task != "classify":
-        raise ConfigError(f"compare ranks classifiers by accuracy and MCC; recipe {cfg.name!r} is a {cfg.task} "
-                          "recipe (train each model with `defectlite train --model M` and compare their reports)")  # fmt: skip
+        raise ConfigError(
+            f"compare ranks classifiers by accuracy and MCC; recipe {cfg.name!r} is a {cfg.task} recipe (train each "
+            "model with `defectlite train --model M` and compare their reports)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -70,7 +70,7 @@ def predict_ray(
             from every node); its INT8 form beside it is run unless ``fp32`` (see ``resolve_model_path``).
         sources: files, folders or URIs Ray Data reads (``ray.data.read_binary_files``), image suffixes only.
         address: a running Ray cluster (``auto``: the one this machine belongs to); None starts a local Ray.
-        actors: Predictor actors (default: as many as the CPUs allow beside the reads).
+        actors: Predictor actors (default: one per CPU, sharing what the reads leave).
         threads: ONNX Runtime threads per actor.
         batch_size: images per actor call.
         options: the task's answer options (``min_confidence``, ``conf``, ``iou``).
@@ -103,7 +103,9 @@ def predict_ray(
         ray.init(**{k: v for k, v in kwargs.items() if v is not None})
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        actors = actors or max(1, int(cpus - READ_CPUS * 2))
+        # one actor per CPU, each with what the reads leave (2 CPUs: 2 x 0.9): on 50,000 NEU images 1.4 x the
+        # throughput of one actor with a whole CPU (benchmarks/results/scale_ray_50000.md)
+        actors = actors or max(1, round(cpus - READ_CPUS * 2))
         actor_cpus = round(min(float(threads), (cpus - READ_CPUS * 2) / actors), 2)
         if actor_cpus <= 0:
             raise ConfigError(f"{actors} actor(s) do not fit beside the file reads on {cpus:g} CPUs; ask for fewer")
