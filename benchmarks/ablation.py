@@ -3,7 +3,7 @@
 Each step is trained by the same recipe (``neu-compare-fast`` at ``--epochs``, no teacher, the same seeds; selection
 on validation) and measured in one process: ONNX Runtime batch-1 latency (1 thread) FP32 and INT8 and batch-64
 throughput (2 threads), as ratios to timm ``mobilenetv3_small_050`` exported the same way (untrained: random
-weights do not change its speed). Writes ``benchmarks/results/ablation.{json,md}`` after every step.
+weights do not change its speed). Writes ``benchmarks/results/ablation.{json,md}`` at the end (the runs resume).
 
     python benchmarks/ablation.py --seeds 3 --epochs 40
 """
