@@ -22,7 +22,7 @@ from defectlite.evaluate.profile import count_params
 from defectlite.models import create_model, list_models, model_info
 from defectlite.models.yolo import DetectorExport, flatten_outputs, yolo_lite
 from defectlite.onnx_file import ort_session
-from defectlite.train.det_loss import DetectionDistill, DetectionLoss, decode_cells
+from defectlite.train.det_loss import DetectionDistill, DetectionLoss, decode_cells, yolov5_gains
 from test_models import randomize_bn
 
 K = 7  # a number no default uses
@@ -394,3 +394,13 @@ def test_channel_and_layer_pruning_keep_a_working_detector():
     assert len(removed) == 2 and all(isinstance(model.get_submodule(n), nn.Identity) for n in removed)
     out = model(x)
     assert [m.shape for m in out] == shapes and all(torch.isfinite(m).all() for m in out)
+
+
+def test_yolov5_gains_scale_hyp_to_classes_and_size():
+    """YOLOv5 train.py: cls * nc / 80 * 3 / nl, obj * (imgsz / 640)^2 * 3 / nl, box * 3 / nl."""
+    g = yolov5_gains(6, [256, 256])
+    assert g == pytest.approx({"box": 0.05, "obj": 1.0 * 0.4**2, "cls": 0.5 * 6 / 80})
+    assert yolov5_gains(80, [640, 480]) == pytest.approx({"box": 0.05, "obj": 1.0, "cls": 0.5})  # what hyp is for
+    assert yolov5_gains(80, [640, 640], levels=4) == pytest.approx({"box": 0.0375, "obj": 0.75, "cls": 0.375})
+    with pytest.raises(ConfigError):
+        yolov5_gains(0, [256, 256])

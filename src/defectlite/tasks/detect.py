@@ -31,7 +31,7 @@ from defectlite.deploy.det_runtime import EVAL_CONF, EVAL_IOU, DetectRuntime
 from defectlite.errors import ConfigError
 from defectlite.models.yolo import STRIDES, DetectorExport, flatten_outputs
 from defectlite.tasks.base import Task
-from defectlite.train.det_loss import DetectionDistill, DetectionLoss
+from defectlite.train.det_loss import DetectionDistill, DetectionLoss, yolov5_gains
 from defectlite.train.device import autocast
 from defectlite.train.distributed import loader
 
@@ -45,6 +45,14 @@ def _meta(card: dict[str, Any]) -> dict[str, Any]:
         "input_size": list(card["input_size"]),
         "classes": list(card["classes"]),
     }
+
+
+def _loss_args(meta: dict[str, Any]) -> tuple:
+    return meta["anchors"], STRIDES, len(meta["classes"])
+
+
+def _gains(meta: dict[str, Any]) -> dict[str, float]:
+    return yolov5_gains(len(meta["classes"]), meta["input_size"], len(STRIDES))
 
 
 class DetectStageData:
@@ -69,7 +77,7 @@ class DetectStageData:
         self.val = data.det_subset("val")
         self.mean, self.std = norm
         self.meta = _meta(card)
-        self.loss = DetectionLoss(self.meta["anchors"], STRIDES, len(self.meta["classes"]))
+        self.loss = DetectionLoss(*_loss_args(self.meta), **_gains(self.meta))
         self.train_size = len(self.dataset)
         self._train_images = images
 
@@ -169,10 +177,9 @@ class DetectTask(Task):
     def objective(self, stage, cfg, teacher: nn.Module | None, card=None, **options: Any) -> nn.Module:
         """Detection loss, or its distillation from ``teacher`` at ``kd.temperature`` / ``kd.alpha``."""
         meta = _meta(card)
-        args = (meta["anchors"], STRIDES, len(meta["classes"]))
         if teacher is None:
-            return DetectionLoss(*args, label_smoothing=stage.optim.label_smoothing)
-        return DetectionDistill(teacher, *args, cfg.kd.temperature, cfg.kd.alpha)
+            return DetectionLoss(*_loss_args(meta), label_smoothing=stage.optim.label_smoothing, **_gains(meta))
+        return DetectionDistill(teacher, *_loss_args(meta), cfg.kd.temperature, cfg.kd.alpha, **_gains(meta))
 
     def stage_data(self, stage, cfg, data: DetSplitData, card: dict[str, Any]) -> DetectStageData:
         a = stage.augment
