@@ -7,7 +7,8 @@ preprocessing; ONNX Runtime), and written as Parquet: the same rows as ``defectl
 
 CPU accounting on small machines: every Ray task and actor holds CPUs while it runs, and Ray Data's read tasks
 need one too. Actors that take all the CPUs starve the reads and the job deadlocks, so the actors together
-claim at most the CPUs less :data:`READ_CPUS` per concurrent read, and reads claim :data:`READ_CPUS` each.
+claim at most the CPUs less :data:`READ_CPUS` per concurrent read, and reads and writes claim :data:`READ_CPUS`
+each.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from defectlite.data.readers import IMAGE_SUFFIXES
 from defectlite.errors import ConfigError
 
 log = logging.getLogger(__name__)
-READ_CPUS = 0.1  # what a file-read task claims: I/O, not compute
+READ_CPUS = 0.1  # what a file-read or Parquet-write task claims: I/O, not compute
+ROWS_PER_FILE = 50_000  # rows gathered into one Parquet file (Ray's default: one small file per block)
 
 
 def ray_available() -> str | None:
@@ -124,7 +126,9 @@ def predict_ray(
             num_cpus=actor_cpus,
             batch_format="numpy",
         )
-        answers.write_parquet(str(out))
+        # writes claim what reads claim: at Ray's default of 1 CPU, no write fits beside the actors until they
+        # finish, and every answered block waits in the object store for the end; few, large files
+        answers.write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": READ_CPUS})
         seconds = time.perf_counter() - t0
     finally:
         if started:
