@@ -9,7 +9,7 @@ from torch import nn
 
 from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.channel_prune import channel_counts, prune_channels
-from defectlite.compress.int8 import quantize_onnx
+from defectlite.compress.int8 import calibration_subset, quantize_onnx
 from defectlite.compress.layer_prune import prune_layers, residual_blocks
 from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import SparsityObjective, bn_l1, gammas
@@ -97,3 +97,17 @@ def test_int8_quantisation_keeps_predictions(neu64, tmp_path):
     b = ort_session(int8, 1).run(None, {"input": x})[0]
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
     assert (tmp_path / "m.int8.onnx").stat().st_size < 0.4 * (tmp_path / "m.onnx").stat().st_size
+
+
+def test_calibration_images_are_a_seeded_draw_over_every_class(neu64):
+    """The first n training images of NEU (named by class) hold few classes; the seeded draw holds all six."""
+    images, labels = neu64.subset("train")
+    n = len(labels) // 3
+    rows = calibration_subset(np.arange(len(labels)), n, seed=0)  # any (N, ...) array is drawn alike
+    assert len(rows) == len(set(rows.tolist())) == n and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(calibration_subset(images, n, seed=0), images[rows])
+    assert len(set(labels[:n].tolist())) < 6 == len(set(labels[rows].tolist()))
+    assert not np.array_equal(calibration_subset(np.arange(len(labels)), n, seed=1), rows)
+    assert calibration_subset(images, len(images) + 5, 0) is images
+    with pytest.raises(ConfigError, match="at least one"):
+        calibration_subset(images, 0)

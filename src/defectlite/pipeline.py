@@ -311,7 +311,7 @@ def deploy_int8(run: Run, cfg: RecipeCfg, task: Any, data: Any) -> dict[str, Any
     Returns:
         What the report says (scores, latency of both, deployed or why not), or None when switched off.
     """
-    from defectlite.compress.int8 import quantize_onnx
+    from defectlite.compress.int8 import calibration_subset, quantize_onnx
     from defectlite.data.transforms import normalize
     from defectlite.deploy.predictor import INT8_SUFFIX, Predictor
 
@@ -320,7 +320,7 @@ def deploy_int8(run: Run, cfg: RecipeCfg, task: Any, data: Any) -> dict[str, Any
     if not cfg.int8.deploy:
         return None
     key = task.runtime.score_key
-    images = task.split_truth(data, "train")[0][: cfg.int8.calib_images]
+    images = calibration_subset(task.split_truth(data, "train")[0], cfg.int8.calib_images, cfg.seed)
     meta = Predictor(run.onnx, fp32=True).meta
     tmp = run.root / ".model.int8.candidate.onnx"
     try:

@@ -29,6 +29,27 @@ from defectlite.utils import atomic_write
 log = logging.getLogger(__name__)
 
 
+def calibration_subset(images: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` training images drawn at random (seeded, without replacement; in their original order) to calibrate
+    the activation ranges: the first ``n`` of a folder sorted by name are often one class (NEU's files are named
+    by class), whose ranges clip the others'.
+
+    Args:
+        images: (N, C, H, W) any dtype; n: images wanted (all of them when N <= n); seed: the draw's seed.
+
+    Returns:
+        (min(n, N), C, H, W), the same dtype.
+
+    Raises:
+        ConfigError: n < 1.
+    """
+    if n < 1:
+        raise ConfigError(f"the calibration set needs at least one image, got n={n}")
+    if len(images) <= n:
+        return images
+    return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
+
+
 def _short_convs(model, min_reduction: int) -> list[str]:
     """Names of Conv nodes to keep in float: 1-D convs, and 2-D convs whose reduction
     (C_in / groups x kH x kW, from the weight shape) is below ``min_reduction``."""

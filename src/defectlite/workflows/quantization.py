@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from defectlite.compress.int8 import quantize_onnx
+from defectlite.compress.int8 import calibration_subset, quantize_onnx
 from defectlite.data.transforms import normalize
 from defectlite.evaluate.profile import onnx_cost
 from defectlite.onnx_file import read_metadata
@@ -25,7 +25,8 @@ def quantize_and_compare(
     threads: int = 1,
     min_reduction: int = 128,
 ) -> dict[str, Any]:
-    """Quantise ``model`` to INT8 with ``calib_run``'s training images; compare FP32 and INT8 on its val and test
+    """Quantise ``model`` to INT8 with ``images`` of ``calib_run``'s training images (a seeded random draw, see
+    :func:`~defectlite.compress.int8.calibration_subset`); compare FP32 and INT8 on its val and test
     splits.
 
     Args:
@@ -42,7 +43,8 @@ def quantize_and_compare(
     run = open_run(calib_run)
     cfg, task = run.config(), get_task(run.task)
     data = task.load_data(cfg, run, progress=False)
-    x_cal = normalize(task.split_truth(data, "train")[0][:images], meta["mean"], meta["std"])
+    x_cal = calibration_subset(task.split_truth(data, "train")[0], images, cfg.seed)
+    x_cal = normalize(x_cal, meta["mean"], meta["std"])
     out = Path(out or model.with_suffix(".int8.onnx"))
     quantize_onnx(model, out, x_cal, per_channel=per_channel, method=method, min_reduction=min_reduction)
     shape = (1, meta["channels"], *meta["input_size"])
