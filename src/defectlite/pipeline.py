@@ -10,7 +10,6 @@ checkpoints, so a run killed at any point and resumed ends as an uninterrupted o
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
+from defectlite.deploy.cpus import available_cpus
 from defectlite.deploy.onnx_export import PARITY_TOL, export_onnx
 from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.evaluate.profile import count_macs, count_params, file_size_mb, machine, ort_timing, torch_timing
@@ -393,7 +393,7 @@ def profile_model(train_form: nn.Module, deployed: nn.Module, run: Run, cfg: Rec
     h, w = cfg.data.input_size
     one = (1, cfg.data.channels, h, w)
     many = (p.throughput_batch, cfg.data.channels, h, w)
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     timings = [
         torch_timing(deployed, one, threads=p.threads, warmup=p.warmup, runs=p.runs),
         ort_timing(run.onnx, one, threads=p.threads, warmup=p.warmup, runs=p.runs),

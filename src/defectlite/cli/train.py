@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from defectlite.cli.options import add_command
+from defectlite.deploy.cpus import available_cpus
 
 DEFAULT_RECIPE = "neu-cpu-repnet-fast"
 # options that define a run: given beside --resume they would change it, so they are refused
@@ -259,7 +260,7 @@ def _relaunch_under_torchrun(args: argparse.Namespace) -> int:
     if args.out is None and args.resume is None:
         cfg = build_config(args)
         argv += ["--out", str(Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cpus()
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // args.nproc))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "defectlite.cli.main", *argv]  # fmt: skip
@@ -280,7 +281,7 @@ def _parallel_members(run_obj, args: argparse.Namespace) -> None:
     if not n:
         return
     jobs = max(1, min(args.jobs, n))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cpus()
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}
     groups = [todo[j::jobs] for j in range(jobs) if todo[j::jobs]]
     procs = [

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from defectlite.data.decode import read_image_file
 from defectlite.data.transforms import to_uint8
+from defectlite.deploy.cpus import available_cpus
 from defectlite.errors import DataError
 from defectlite.utils import atomic_write, atomic_write_json
 
@@ -101,7 +102,7 @@ def decode_images(
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable image cache %s (%s)", npy, e)
     arrays, kept, digests, skipped = [], [], [], []
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, available_cpus())) as pool:
         results = pool.map(lambda p: _decode_one(p, size, channels), paths)
         bar = tqdm(results, total=len(paths), desc="decode images", unit="img", disable=not progress, leave=False)
         for i, (arr, digest, err) in enumerate(bar):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defectlite.deploy.cpus import available_cpus
 from defectlite.onnx_file import ort_session
 
 
@@ -183,13 +184,11 @@ def cpu_name() -> str:
 
 def machine() -> dict[str, object]:
     """Where a measurement was taken: CPU (name and vector extensions), cores, Python and library versions."""
-    import os
-
     import onnxruntime as ort
 
     return {
         "cpu": cpu_name(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": available_cpus(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
@@ -199,12 +198,10 @@ def machine() -> dict[str, object]:
 def onnx_cost(onnx_path: Path, model: nn.Module | None, shape, threads: int, batch: int) -> dict[str, Any]:
     """Size, ONNX Runtime batch-1 latency (``threads``) and batch-``batch`` throughput (all cores); params and
     MACs of ``model`` (deployed form) when given."""
-    import os
-
     from defectlite.compress.reparam import reparameterize
 
     b1 = ort_timing(onnx_path, shape, threads=threads, warmup=20, runs=200)
-    bn = ort_timing(onnx_path, (batch, *shape[1:]), threads=os.cpu_count() or 1, warmup=2, runs=5)
+    bn = ort_timing(onnx_path, (batch, *shape[1:]), threads=available_cpus(), warmup=2, runs=5)
     out = {
         "onnx_mb": file_size_mb(onnx_path),
         "ort_b1_ms": b1.median_ms,
