@@ -163,3 +163,18 @@ def test_normalize_is_the_one_preprocessing(det_run, det_data):
     p = Predictor(det_run)
     x, _ = p.preprocess([sorted((det_data / "images").glob("*.jpg"))[0]])
     assert x.shape == (1, 1, 96, 96) and np.isfinite(normalize(np.zeros((1, 1, 2, 2), np.uint8), [0.5], [0.2])).all()
+
+
+def test_val_skip_bad_leaves_a_bad_box_file_out(det_run, tmp_path, capsys):
+    """val --skip-bad reaches the detection reader: a box outside its image is named, then listed and left out."""
+    data = link_neu_det(tmp_path / "d", per_class=2)
+    bad = data / "annotations" / f"{NEU_CLASSES[0]}_1.xml"
+    xml = bad.read_text()
+    bad.unlink()  # a file of our own, not the shared one the link points to
+    bad.write_text(xml.replace("<xmax>", "<xmax>9", 1))  # e.g. 187 -> 9187: far outside the 200-px image
+    assert main(["val", str(det_run), "--data", str(data), "--format", "voc", "--out", str(tmp_path / "v")]) == 2
+    assert bad.name in capsys.readouterr().err
+    assert main(["val", str(det_run), "--data", str(data), "--format", "voc", "--skip-bad",
+                 "--out", str(tmp_path / "v")]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert metrics["n_images"] == 6 * 2 - 1 and [Path(f).name for f, _ in metrics["skipped"]] == [bad.name]

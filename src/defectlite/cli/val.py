@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument(
         "--out", type=Path, help="folder for metrics.json and figures (default: val-<data name> beside MODEL)"
     )
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable images (and a detector's bad label files) out, listed, instead of failing",
+    )
     p.add_argument("--fp32", action="store_true", help="score model.onnx even when the run deployed model.int8.onnx")
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
@@ -72,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
     for line in get_runtime(res["task"]).summary(res):
         print(line)
     if res["skipped"]:
-        print(f"skipped {len(res['skipped'])} unreadable image(s) (--skip-bad), listed in {out / 'metrics.json'}")
+        print(f"skipped {len(res['skipped'])} unreadable file(s) (--skip-bad), listed in {out / 'metrics.json'}")
     print(f"written to {out}")
     return 0

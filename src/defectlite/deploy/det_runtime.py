@@ -97,21 +97,29 @@ class DetectRuntime:
 
     # -- scoring labelled data -------------------------------------------------------------------------------
     def read_labelled(
-        self, root: Path, meta: dict[str, Any], *, format: str = "auto", split: str | None = None
-    ) -> tuple[list[Path], list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]]:
-        """The images of a labelled detection folder (VOC, YOLO or COCO) and their true boxes, in the model's
-        class order.
+        self,
+        root: Path,
+        meta: dict[str, Any],
+        *,
+        format: str = "auto",
+        split: str | None = None,
+        skip_bad: bool = False,
+    ) -> tuple[list[Path], list[tuple[np.ndarray, np.ndarray, tuple[int, int]]], list[tuple[str, str]]]:
+        """The images of a labelled detection folder (VOC, YOLO or COCO), their true boxes in the model's class
+        order, and the ``(file, reason)`` of bad label files left out under ``skip_bad``.
 
         Raises:
-            DataError: unreadable folder, no images, boxes of classes the model does not know.
+            DataError: unreadable folder, no images, boxes of classes the model does not know, a bad box or label
+                file (without ``skip_bad``).
         """
         from defectlite.data.detection import read_detection
 
-        index = read_detection(root, format, classes=meta["classes"])
+        index = read_detection(root, format, skip_bad=skip_bad, classes=meta["classes"])
         samples = [s for s in index.samples if split is None or s.split == split]
         if split is not None and not samples:
             raise DataError(f"{root}: no images in split {split!r}")
-        return [s.path for s in samples], [(s.boxes, s.labels, (s.height, s.width)) for s in samples]
+        truths = [(s.boxes, s.labels, (s.height, s.width)) for s in samples]
+        return [s.path for s in samples], truths, [(str(f), why) for f, why in index.skipped]
 
     def score(self, results: Sequence[Detections], truths: Sequence[Any], meta: dict[str, Any]) -> dict[str, Any]:
         """mAP@0.5, mAP@0.5:0.95, per-class AP, PR curves and the detection confusion matrix."""

@@ -137,10 +137,17 @@ class ClassifyRuntime:
 
     # -- scoring labelled data (``defectlite val``, the run's test split) ----------------------------------
     def read_labelled(
-        self, root: Path, meta: dict[str, Any], *, format: str = "auto", split: str | None = None
-    ) -> tuple[list[Path], np.ndarray]:
+        self,
+        root: Path,
+        meta: dict[str, Any],
+        *,
+        format: str = "auto",
+        split: str | None = None,
+        skip_bad: bool = False,
+    ) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
         """The images of a labelled folder (any classification layout) or CSV file (columns ``path``, ``class``;
-        paths relative to the file) and their class indices in the model's class list.
+        paths relative to the file), their class indices in the model's class list, and no bad label files (a
+        class label is a folder or a CSV cell; unreadable images are left out, under ``skip_bad``, when read).
 
         Raises:
             DataError: unreadable folder or file, no images, or classes the model does not know.
@@ -153,7 +160,7 @@ class ClassifyRuntime:
             known = ", ".join(meta["classes"])
             raise DataError(f"{root}: class(es) {', '.join(unknown)} are not known to the model (it knows {known})")
         index = {c: i for i, c in enumerate(meta["classes"])}
-        return paths, np.array([index[n] for n in names], dtype=np.int64)
+        return paths, np.array([index[n] for n in names], dtype=np.int64), []
 
     def score(self, results: Sequence[Prediction], truths: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
         """Accuracy, MCC, macro / per-class precision, recall, F1 and the confusion matrix of ``results``; ECE (15

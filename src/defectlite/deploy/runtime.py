@@ -17,7 +17,7 @@ A runtime is an object with::
     columns: tuple[str, ...]                          # the keys of as_rows (every row has them, maybe empty)
     eval_options: dict                                # the options scoring uses (detection: conf 0.001)
     score_key: str                                    # the headline metric of score() (accuracy, map50)
-    read_labelled(root, meta, format=, split=)        # a labelled folder -> (image paths, ground truth)
+    read_labelled(root, meta, format=, split=, skip_bad=)  # a labelled folder -> (paths, ground truth, bad files)
     score(results, truths, meta) -> dict              # metrics; headline(), summary(), report_lines(),
                                                       # write_figures() present them
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.channel_prune import channel_counts, prune_channels
-from defectlite.compress.int8 import quantize_onnx
+from defectlite.compress.int8 import calibration_subset, quantize_onnx
 from defectlite.compress.layer_prune import no_blocks_message, prune_layers, residual_blocks
 from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
@@ -129,11 +129,8 @@ def prune_run(
         best, bcard = load_checkpoint(out / f"{name}_train" / "best")
         record(name, best, bcard)
     last = "finetuned_kd" if distill else "finetuned"
-    int8 = quantize_onnx(
-        out / f"{last}.onnx",
-        out / f"{last}_int8.onnx",
-        normalize(task.split_truth(data, "train")[0][:256], card["mean"], card["std"]),
-    )
+    x_cal = calibration_subset(task.split_truth(data, "train")[0], cfg.int8.calib_images, cfg.seed)
+    int8 = quantize_onnx(out / f"{last}.onnx", out / f"{last}_int8.onnx", normalize(x_cal, card["mean"], card["std"]))
     rows[f"{last}_int8"] = {
         **_split_scores(score_run_splits(int8, task, data), task),
         **onnx_cost(int8, None, shape, threads, 64),

@@ -58,7 +58,8 @@ def validate_folder(
     Args:
         data: a labelled folder in any layout the task reads (``format`` as in ``train``), or a list file.
         split: only this split of a pre-split folder.
-        skip_bad: leave unreadable images out (listed in ``metrics.json``) instead of failing.
+        skip_bad: leave unreadable images and bad label files (a detector's boxes) out, listed in ``metrics.json``,
+            instead of failing.
         fp32: score ``model.onnx`` even when the run deployed an INT8 form beside it.
 
     Returns:
@@ -70,12 +71,11 @@ def validate_folder(
     """
     predictor = Predictor.for_scoring(model_of(model), threads=threads, fp32=fp32)
     runtime, meta = predictor.runtime, predictor.meta
-    paths, truths = runtime.read_labelled(Path(data), meta, format=format, split=split)
+    paths, truths, skipped = runtime.read_labelled(Path(data), meta, format=format, split=split, skip_bad=skip_bad)
     if not len(paths):
         raise DataError(f"{data}: no labelled images found")
     results: list[Any] = []
     kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
     bar = tqdm(total=len(paths), desc="val", unit="img", disable=not progress, leave=False)
     for i in range(0, len(paths), batch_size):
         chunk = paths[i : i + batch_size]
