@@ -6,8 +6,8 @@ Per seed, resumable, each seed's result written as soon as it is complete:
 2. ``defectlite prune RUN --ratio R --layers L --finetune-epochs E --distill`` (BN-gamma channel pruning, layer
    pruning of CSP bottlenecks, fine-tuning with distillation from the unpruned model: the paper's Section 3);
 3. the peer: torchvision ``ssdlite320_mobilenet_v3_large`` (BSD-3, ``weights=None, weights_backbone=None``),
-   trained on the same split, augmentation and images for the same wall-clock time as step 1, scored by the
-   same COCO evaluator on the same test images;
+   trained on the same split, augmentation and images for the same wall-clock time as step 1 (mosaic off for the
+   same last share of its epochs), scored by the same COCO evaluator on the same test images;
 4. ONNX Runtime latency of the deployed and the pruned model *including decoding and NMS* (the Predictor's
    postprocessing), batch 1, 1 and 2 threads, median of interleaved rounds after warm-up, on real test images.
 
@@ -97,8 +97,11 @@ def peer(run: Path, budget_s: float, seed: int) -> dict:
     ds = DetDataset(images, boxes, labels, aug)
     loader = torch.utils.data.DataLoader(ds, 16, shuffle=True, drop_last=True, collate_fn=collate)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
+    close_share = a.close_mosaic / max(cfg.student.optim.epochs, 1)  # mosaic off for the same last share of epochs
     t0, epochs, epoch = time.perf_counter(), None, 0
     while epochs is None or epoch < epochs:
+        if epochs is not None and epoch >= epochs - round(close_share * epochs):
+            ds.mosaic_prob = 0.0
         model.train()
         for step, (x, targets) in enumerate(loader):
             if epochs is not None:  # cosine over the epochs that fit the budget
