@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss
 
 from defectlite.errors import ConfigError, DataError
-from defectlite.train.objectives import kd_loss
 
 
 @dataclass(frozen=True)
@@ -261,9 +260,12 @@ class DetectionDistill(DetectionLoss):
     strides and classes, so that both predict the same cells). What is implemented, against the paper:
 
     * Eq. 13-15, classes: ``L_cls = (1 - alpha) * L_hard + alpha * L_soft`` with ``L_hard`` the BCE
-      class term of :class:`DetectionLoss` and ``L_soft = T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``
-      over the K class logits (:func:`defectlite.train.objectives.kd_loss`, the T^2 the paper asks to
-      "consider in advance"), at the same assigned predictions as the hard term (K > 1 only).
+      class term of :class:`DetectionLoss` and ``L_soft`` the mean over the K class outputs of the binary KL
+      at temperature T (:func:`binary_kd`, with the T^2 the paper asks to "consider in advance"), at the same
+      assigned predictions as the hard term (K > 1 only). The class outputs are K sigmoids trained by BCE,
+      not a softmax, so each is a yes / no output like objectness; a softmax KL over their logits measured
+      40-50x the hard term on a pruned yolo_lite at T = 4 (13x for the binary KL) and fine-tuning with it
+      reached 13 % mAP@0.5 against 40 % without distillation.
     * The same mix for objectness (the paper's confidence term, Eq. 7): ``(1 - alpha) * L_conf +
       alpha * T^2 * binary KL`` (:func:`binary_kd`, the two-logit softmax of Eq. 13-14) over all cells
       and levels, with the level weights ``balance``.
@@ -352,7 +354,7 @@ class DetectionDistill(DetectionLoss):
                     loss_s, loss_t = 1 - ciou, 1 - ciou_t
                     bound = bound + torch.where(loss_s + self.margin > loss_t, loss_s, zero).mean()
                     if self.num_classes > 1:
-                        soft_c = kd_loss(ps[:, 5:], pts[:, 5:], t)
+                        soft_c = binary_kd(ps[:, 5:], pts[:, 5:], t)
                 cls_soft = cls_soft + soft_c
                 lcls = lcls + (1 - alpha) * c + alpha * soft_c
             lbox = lbox + self.bound_weight * bound
