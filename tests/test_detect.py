@@ -111,7 +111,30 @@ def test_prune_and_quantize_a_detector(det_run, capsys):
     assert "test_map" in rows["finetuned_kd"]
     capsys.readouterr()
     assert main(["quantize", str(det_run / "model.onnx"), "--calib", str(det_run)]) == 0
-    assert "map50" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "map50" in out and f"predict and serve now run {det_run / 'model.int8.onnx'}" in out
+
+
+def test_quantize_warns_when_the_model_it_deploys_fails_the_recipes_gate(det_run, capsys, monkeypatch):
+    """An INT8 file written beside model.onnx is served by default: one losing more validation mAP than the
+    recipe's int8.max_drop is named with the way back (the numbers are the workflow's, here forced)."""
+    from defectlite.workflows import quantization
+
+    int8 = det_run / "model.int8.onnx"
+    existed = int8.is_file()
+    int8.touch()  # the file the workflow writes (predict would now pick it)
+    res = {"score_key": "map50", "delta": -0.05, "speedup": 1.5,
+           "fp32": {"path": str(det_run / "model.onnx"), "val": 0.50, "test": 0.5, "ort_b1_ms": 3.0, "onnx_mb": 7.0},
+           "int8": {"path": str(int8), "val": 0.45, "test": 0.45, "ort_b1_ms": 2.0, "onnx_mb": 2.0}}  # fmt: skip
+    monkeypatch.setattr(quantization, "quantize_and_compare", lambda *a, **k: res)
+    assert main(["quantize", str(det_run / "model.onnx"), "--calib", str(det_run)]) == 0
+    err = capsys.readouterr().err
+    assert "loses 5.00 points of validation map50" in err and "--fp32" in err
+    res["int8"]["val"] = 0.499  # within 0.3 points: no warning
+    assert main(["quantize", str(det_run / "model.onnx"), "--calib", str(det_run)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    if not existed:
+        int8.unlink()
 
 
 def test_serve_answers_boxes_and_the_page_draws_them(det_run, det_data):

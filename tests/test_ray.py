@@ -46,3 +46,17 @@ def test_ray_refuses_an_out_folder_holding_other_files(run_dir, neu_small, tmp_p
     (tmp_path / "out" / "old.parquet").write_bytes(b"rows of another job")
     with pytest.raises(ConfigError, match="exists and is not an empty folder"):
         predict_ray(run_dir, [neu_small], tmp_path / "out")
+
+
+def test_quiet_ray_prints_its_summary_and_no_progress(run_dir, neu_small, tmp_path, capfd):
+    """-q: the one summary line, none of Ray's INFO lines or Ray Data's progress (logged every few seconds
+    when stdout is not a terminal, as under CI or a scheduler)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in sorted((neu_small / "images").glob("*.jpg"))[:4]:
+        shutil.copy(f, folder / f.name)
+    assert main(["-q", "predict", str(run_dir / "model.onnx"), str(folder), "--engine", "ray",
+                 "--out", str(tmp_path / "ray")]) == 0  # fmt: skip
+    out, err = capfd.readouterr()
+    assert out.splitlines() == [next(ln for ln in out.splitlines() if ln.startswith("4 image(s), 4 row(s)"))]
+    assert " INFO " not in out + err and "Progress" not in out + err

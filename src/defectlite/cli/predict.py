@@ -78,7 +78,8 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
     if args.out is None:
         raise ConfigError("--engine ray writes Parquet: give --out DIR")
     res = predict_ray(args.model, args.paths, args.out, fp32=args.fp32, address=args.address, actors=args.actors,
-                      threads=args.threads, batch_size=args.batch_size, options=options)  # fmt: skip
+                      threads=args.threads, batch_size=args.batch_size, options=options,
+                      progress=not args.quiet)  # fmt: skip
     print(
         f"{res['images']} image(s), {res['rows']} row(s), {res['errors']} unreadable, in {res['seconds']:.1f} s "
         f"({res['images_per_s']:.1f} images/s, {res['actors']} actor(s)) -> {res['out']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from defectlite.cli.options import add_command
@@ -17,7 +18,8 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         description=(
             "Write MODEL.int8.onnx: QDQ INT8 weights (per channel by default) and activations, calibrated on the "
             "training split of RUN, then report accuracy and batch-1 latency of both models on RUN's test split, "
-            "measured in the same run."
+            "measured in the same run. Written beside MODEL (the default), it is what predict and serve then run "
+            "unless --fp32."
         ),
     )
     p.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 model exported by train / export")
@@ -42,6 +44,8 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from defectlite.deploy.predictor import resolve_model_path
+    from defectlite.runs import open_run
     from defectlite.workflows.quantization import quantize_and_compare
 
     res = quantize_and_compare(
@@ -62,4 +66,11 @@ def run(args: argparse.Namespace) -> int:
             f"ORT b1 {r['ort_b1_ms']:.3f} ms  {r['onnx_mb']:.3f} MB"
         )
     print(f"wrote {res['int8']['path']} (test {key} {100 * res['delta']:+.2f} points, speed-up {res['speedup']:.2f}x)")
+    if resolve_model_path(args.model).resolve() == Path(res["int8"]["path"]).resolve():
+        print(f"predict and serve now run {res['int8']['path']} for {args.model} (--fp32: the float model)")
+        drop, max_drop = res["fp32"]["val"] - res["int8"]["val"], open_run(args.calib).config().int8.max_drop
+        if drop > max_drop:
+            print(f"warning: INT8 loses {100 * drop:.2f} points of validation {key}, more than int8.max_drop "
+                  f"({100 * max_drop:.2f}) of {args.calib}'s recipe, so `defectlite train` would not deploy it: "
+                  f"delete {res['int8']['path']} or pass --fp32 to keep the float model", file=sys.stderr)  # fmt: skip
     return 0

@@ -64,6 +64,7 @@ def predict_ray(
     options: dict[str, Any] | None = None,
     num_cpus: int | None = None,
     object_store_mb: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Answer every image under ``sources`` on Ray Data and write the rows to Parquet files in ``out``.
 
@@ -77,6 +78,8 @@ def predict_ray(
         batch_size: images per actor call.
         options: the task's answer options (``min_confidence``, ``conf``, ``iou``).
         num_cpus, object_store_mb: resources of a local Ray (ignored with ``address``).
+        progress: Ray Data's progress (bars, or INFO lines every few seconds without a terminal) and Ray's INFO
+            and WARNING logging; off for ``-q`` (errors only).
 
     Returns:
         ``{"images", "rows", "errors", "seconds", "images_per_s", "actors", "out"}``.
@@ -99,7 +102,8 @@ def predict_ray(
 
     started = not ray.is_initialized()
     if started:
-        kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.INFO if progress else logging.ERROR}  # fmt: skip
         if address is None:
             kwargs |= {"num_cpus": num_cpus, "object_store_memory": object_store_mb and object_store_mb * 2**20}
         ray.init(**{k: v for k, v in kwargs.items() if v is not None})
@@ -111,6 +115,9 @@ def predict_ray(
         actor_cpus = round(min(float(threads), (cpus - READ_CPUS * 2) / actors), 2)
         if actor_cpus <= 0:
             raise ConfigError(f"{actors} actor(s) do not fit beside the file reads on {cpus:g} CPUs; ask for fewer")
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        if not progress:  # nor the warning that they are off
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         t0 = time.perf_counter()
         ds = ray.data.read_binary_files(
             [str(s) for s in sources],
