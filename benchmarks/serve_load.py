@@ -54,9 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
+from defectlite.cpus import available_cpus
 from defectlite.data.locate import default_data_root
 from defectlite.data.readers import is_image
-from defectlite.deploy.cpus import available_cpus
 from defectlite.deploy.predictor import resolve_model_path
 from defectlite.evaluate.profile import machine, ort_timing
 from defectlite.onnx_file import read_metadata

@@ -13,7 +13,7 @@ ROOT = Path(defectlite.__file__).parent
 # left to right: a module may import from its own stage and the ones before it
 ORDER = ["base", "data", "layers", "models", "train", "runs", "compress", "evaluate", "deploy", "tasks", "pipeline",
          "workflows", "cli"]  # fmt: skip
-BASE = {"errors", "utils", "_lazy", "checkpoint", "onnx_file"}
+BASE = {"errors", "utils", "_lazy", "checkpoint", "onnx_file", "cpus"}
 
 
 def module_name(path: Path) -> str:

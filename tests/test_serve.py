@@ -32,8 +32,8 @@ from PIL import Image
 from defectlite import Predictor
 from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.restore import load_checkpoint
+from defectlite.cpus import available_cpus, default_threads
 from defectlite.deploy.batching import MicroBatcher, QueueFull
-from defectlite.deploy.cpus import available_cpus, default_threads
 from defectlite.deploy.deadlines import DeadlineProtocol, H11DeadlineProtocol
 from defectlite.deploy.service import create_app
 from defectlite.errors import ConfigError

@@ -21,7 +21,7 @@ from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
-from defectlite.deploy.cpus import available_cpus
+from defectlite.cpus import available_cpus
 from defectlite.deploy.onnx_export import PARITY_TOL, export_onnx
 from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.evaluate.profile import count_macs, count_params, file_size_mb, machine, ort_timing, torch_timing

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from defectlite.deploy.cpus import default_threads
+    from defectlite.cpus import default_threads
     from defectlite.deploy.predictor import resolve_model_path
     from defectlite.errors import ConfigError
 

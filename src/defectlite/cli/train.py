@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from defectlite.cli.options import add_command
-from defectlite.deploy.cpus import available_cpus
+from defectlite.cpus import available_cpus
 
 DEFAULT_RECIPE = "neu-cpu-repnet-fast"
 # options that define a run: given beside --resume they would change it, so they are refused

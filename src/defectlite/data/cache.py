@@ -20,9 +20,9 @@ from typing import NoReturn
 import numpy as np
 from tqdm.auto import tqdm
 
+from defectlite.cpus import available_cpus
 from defectlite.data.decode import read_image_file
 from defectlite.data.transforms import to_uint8
-from defectlite.deploy.cpus import available_cpus
 from defectlite.errors import DataError
 from defectlite.utils import atomic_write, atomic_write_json
 

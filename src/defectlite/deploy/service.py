@@ -47,8 +47,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from defectlite.checkpoint import resolve_checkpoint
+from defectlite.cpus import default_threads
 from defectlite.deploy.batching import MicroBatcher, QueueFull
-from defectlite.deploy.cpus import default_threads
 from defectlite.deploy.deadlines import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, STATE_KEY
 from defectlite.deploy.predictor import INT8_SUFFIX, Predictor, resolve_model_path
 from defectlite.deploy.uploads import (
@@ -162,7 +162,7 @@ def create_app(
         body_timeout_s: the whole request body must arrive within this many seconds of its head; else 408
             and close. Default 60: 8 MB at about 1 Mbit/s.
         body_idle_timeout_s: longest silence while the body streams in (seconds); else 408 and close.
-        threads: ONNX Runtime intra-op threads (default: :func:`~defectlite.deploy.cpus.default_threads`,
+        threads: ONNX Runtime intra-op threads (default: :func:`~defectlite.cpus.default_threads`,
             ``$DEFECTLITE_THREADS`` or the CPUs the process may use (affinity and cgroup quota) but one, which
             is left to HTTP and preprocessing; on 2 cores this gave 1.5 x the throughput of 2 threads, whose
             spinning starves the event loop).

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectlite.deploy.cpus import available_cpus
+from defectlite.cpus import available_cpus
 from defectlite.onnx_file import ort_session
 
 

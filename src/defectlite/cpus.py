@@ -1,4 +1,4 @@
-"""How many CPUs this process may really use, for sizing ONNX Runtime's threads.
+"""How many CPUs this process may really use, for sizing thread pools (ONNX Runtime, torch, decoding).
 
 ``os.cpu_count()`` counts the host's cores: in a container limited to 2 CPUs (``docker run --cpus 2``,
 Kubernetes ``limits.cpu: 2``) on a 64-core host it says 64, and 63 ONNX Runtime threads then share two
