@@ -60,3 +60,33 @@ def test_quiet_ray_prints_its_summary_and_no_progress(run_dir, neu_small, tmp_pa
     out, err = capfd.readouterr()
     assert out.splitlines() == [next(ln for ln in out.splitlines() if ln.startswith("4 image(s), 4 row(s)"))]
     assert " INFO " not in out + err and "Progress" not in out + err
+
+
+def test_uris_are_listed_and_read_like_local_paths(run_dir, neu_small, tmp_path):
+    """file:// URIs (the pyarrow.fs route that s3:// and gs:// take) give the rows of the same local files; a URI
+    that cannot be read is an error row naming it; a missing source is a ConfigError naming it."""
+    from defectlite.errors import ConfigError
+    from defectlite.workflows.ray_predict import _Answer, list_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in sorted((neu_small / "images").glob("*.jpg"))[:3]:
+        shutil.copy(f, folder / f.name)
+    (folder / ".skip.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    local = list_images([folder])
+    assert [p.rsplit("/", 1)[-1] for p in local] == sorted(f.name for f in folder.glob("[!.]*.jpg"))
+    uris = list_images([f"file://{folder}"])  # pyarrow does not list the broken link
+    assert uris == [f"file://{p}" for p in local if not p.endswith("gone.jpg")] and len(uris) == 3
+    uris.append(f"file://{folder}/gone.jpg")
+    answer = _Answer(str(run_dir / "model.onnx"), 1, {})
+    by_path, by_uri = answer({"path": local}), answer({"path": uris})
+    assert sorted(by_uri["path"]) == sorted(f"file://{p}" for p in by_path["path"])
+    rows = {k: sorted(zip(*(by[c] for c in by if c != "error"))) for k, by in (("uri", by_uri), ("path", by_path))}
+    assert [r[1:] for r in rows["uri"]] == [r[1:] for r in rows["path"]]  # the same answers, gone.jpg's empty
+    broken = by_uri["path"].index(f"file://{folder}/gone.jpg")
+    assert by_uri["error"][broken].startswith("cannot read it") and by_uri["class"][broken] == ""
+    assert by_path["error"][by_path["path"].index(f"{folder}/gone.jpg")] != ""  # the Predictor's own error row
+    with pytest.raises(ConfigError, match="nowhere: no such file or folder"):
+        list_images([tmp_path / "nowhere"])

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from defectlite.cli.predict import expand
+    from defectlite.data.readers import image_files
     from defectlite.errors import DataError
     from defectlite.evaluate.gradcam import (
         Explainer,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target is not None:
         explainer.class_index(args.target)  # unknown class: fail before any work
     failed, used = 0, set()
-    for f in expand(args.images):
+    for f in image_files(args.images):
         stem = f.stem
         while stem in used:  # same name in two folders
             stem += "_"

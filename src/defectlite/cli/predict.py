@@ -60,16 +60,6 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.set_defaults(func=run)
 
 
-def expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files, recursively, sorted."""
-    from defectlite.data.readers import is_image
-
-    out = []
-    for p in paths:
-        out += sorted(f for f in p.rglob("*") if is_image(f)) if p.is_dir() else [p]
-    return out
-
-
 def run_ray(args: argparse.Namespace, options: dict) -> int:
     """``--engine ray``: the same answers, written as Parquet by Ray Data; a summary with the throughput."""
     from defectlite.errors import ConfigError
@@ -108,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, threads=args.threads, fp32=args.fp32, **options)
     if predictor.path.name.endswith(".int8.onnx") and not args.quiet:
         print(f"using {predictor.path} (INT8; --fp32 for the float model)", file=sys.stderr)
-    files = expand(args.paths)
+    from defectlite.data.readers import image_files
+
+    files = image_files(args.paths)
     if not files:
         print("error: no images found in " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 1

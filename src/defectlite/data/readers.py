@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -96,6 +97,15 @@ def is_image(path: Path) -> bool:
     instead of dropping it without a word.
     """
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and not path.is_dir()
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """What ``predict`` and ``explain`` answer: files as given, folders expanded to their images (see
+    :func:`is_image`), recursively, sorted."""
+    out: list[Path] = []
+    for p in paths:
+        out += sorted(f for f in p.rglob("*") if is_image(f)) if p.is_dir() else [p]
+    return out
 
 
 def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
