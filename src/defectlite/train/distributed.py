@@ -14,6 +14,7 @@ loop needs. At world size 1 (no ``torchrun``) every function here is a no-op and
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import random
@@ -67,7 +68,16 @@ def init_from_env(device: str = "auto") -> World:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    atexit.register(shutdown)
     return world()
+
+
+def shutdown() -> None:
+    """Leave the process group (registered at exit by :func:`init_from_env`). A gloo group left to the
+    interpreter's teardown can abort a rank that exits first ("terminate called without an active exception",
+    exit code -6, seen under load in CI), which torchrun reports as a failed job."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:
