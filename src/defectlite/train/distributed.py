@@ -75,7 +75,7 @@ def init_from_env(device: str = "auto") -> World:
 def shutdown() -> None:
     """Leave the process group (registered at exit by :func:`init_from_env`). A gloo group left to the
     interpreter's teardown can abort a rank that exits first ("terminate called without an active exception",
-    exit code -6, seen under load in CI), which torchrun reports as a failed job."""
+    exit code -6, seen under load in CI; pytorch/pytorch issue 190489), which torchrun reports as a failed job."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
