@@ -339,6 +339,22 @@ def test_postprocess_scales_clips_and_is_class_aware():
             postprocess(**{"raw": raw, "meta": meta, **kwargs})
 
 
+@pytest.mark.parametrize("conf", [0.0, 0.05, 0.3, 0.9])
+def test_postprocess_filters_on_objectness_first_without_losing_a_box(conf):
+    """Only rows whose objectness passes ``conf`` are decoded (score = objectness x class prob <= objectness):
+    the answer equals decoding every row and thresholding the scores after."""
+    model = yolo_lite(num_classes=K)
+    meta = model.decode_meta((SIDE, SIDE), CLASSES)
+    raw = flatten_outputs([torch.randn(2, 3 * (5 + K), SIDE // s, SIDE // s) * 3 for s in (8, 16, 32)]).numpy()
+    boxes, obj, cls = decode(raw, meta["anchors"], meta["strides"], meta["input_size"])
+    for d, b, o, c in zip(postprocess(raw, meta, conf=conf, iou=1.0, max_det=10**6), boxes, obj, cls):
+        scores = o * c.max(1)
+        passed = np.sort(scores[scores > conf])[::-1]
+        assert len(d.scores) == len(passed) and len(passed) > 0
+        np.testing.assert_array_equal(d.scores, passed)
+        np.testing.assert_array_equal(np.sort(d.boxes[:, 0]), np.sort(np.clip(b[scores > conf, 0], 0, SIDE)))
+
+
 def test_decoding_module_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import defectlite.deploy.det_decode as d; print(d.nms)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from defectlite.cli.compare import split_models
 from defectlite.data.augment import train_augment
-from defectlite.errors import ConfigError
+from defectlite.errors import ConfigError, DataError
 from defectlite.models import create_model
 from defectlite.train.averaging import WeightAverage
 from defectlite.train.config import OptimCfg
@@ -48,11 +49,36 @@ def test_weight_average_swa_averages_epoch_ends():
 
 def test_augment_switches_keep_uint8_shape():
     aug = train_augment(rotate_deg=10, brightness=0.2, contrast=0.2, erasing=1.0)
-    x = torch.full((1, 48, 48), 128, dtype=torch.uint8)
+    x = torch.full((3, 1, 48, 48), 128, dtype=torch.uint8)
     y = aug(x)
     assert y.shape == x.shape and y.dtype == torch.uint8
-    assert (y == 0).any()  # the erased rectangle (and rotation corners) are zero
+    assert all((yi == 0).any() for yi in y)  # the erased rectangle (and rotation corners) are zero
+    images, labels = aug.collate([(xi, torch.tensor(i)) for i, xi in enumerate(x)])
+    assert images.shape == x.shape and labels.tolist() == [0, 1, 2]
     assert train_augment(hflip=False, vflip=False) is None
+
+
+@pytest.mark.parametrize("size", [(200, 200), (120, 200)])
+def test_batch_rotation_equals_torchvision_rotate_per_image(size):
+    """Each image of the batch turns by its own angle exactly as ``torchvision``'s ``rotate`` turns it alone
+    (a real NEU image; square and non-square)."""
+    from PIL import Image
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from conftest import data_root
+    from defectlite.data.augment import BatchRotation
+
+    img = Image.open(data_root() / "neu-surface-defect" / "images" / "scratches_1.jpg").convert("L")
+    x = torch.from_numpy(np.array(img.resize(size[::-1])))[None]
+    angles = torch.tensor([-10.0, 3.5, 10.0, 90.0])
+    ours = BatchRotation(10)(torch.stack([x] * 4), angles)
+    for a, got in zip(angles.tolist(), ours):
+        ref = TF.rotate(x, a, interpolation=InterpolationMode.BILINEAR)
+        assert (got.int() - ref.int()).abs().max() <= 1, a  # equal here; 1 grey level of rounding allowed
+    assert not torch.equal(ours[0], ours[2])  # each image its own angle
+    with pytest.raises(DataError, match="degrees"):
+        BatchRotation(0)
 
 
 def test_compare_model_specs():

@@ -7,6 +7,8 @@ Applied to the cached :func:`~defectlite.data.transforms.to_uint8` images before
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -32,6 +34,63 @@ class _RandomCropResize(torch.nn.Module):
         return TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=True)
 
 
+class BatchRotation(torch.nn.Module):
+    """Rotate each image of a uint8 batch (N, C, H, W) by its own random angle in [-degrees, degrees] about the
+    centre, bilinear, zero fill, rounded back to uint8: ``torchvision.transforms.v2.RandomRotation`` per image,
+    as one ``affine_grid`` / ``grid_sample`` over the batch (per image it was ~26 % of a 200 px NEU epoch).
+
+    Raises:
+        DataError: ``degrees`` is not positive.
+    """
+
+    def __init__(self, degrees: float) -> None:
+        super().__init__()
+        if not degrees > 0:
+            raise DataError(f"rotation degrees must be > 0, got {degrees}")
+        self.degrees = float(degrees)
+
+    def forward(self, x: Tensor, angles: Tensor | None = None) -> Tensor:
+        """``angles``: (N,) degrees, counter-clockwise as ``torchvision``'s ``rotate``; None draws them
+        uniformly from the global torch generator."""
+        import torch.nn.functional as F
+
+        n, _, h, w = x.shape
+        if angles is None:
+            angles = torch.empty(n).uniform_(-self.degrees, self.degrees)
+        rad = torch.deg2rad(angles.to(torch.float32))
+        cos, sin = torch.cos(rad), torch.sin(rad)
+        # output -> input sampling in each axis' normalised coordinates (affine_grid's, without its slow bmm)
+        xs = ((torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1).view(1, 1, w)
+        ys = ((torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1).view(1, h, 1)
+        cos, sin = cos.view(n, 1, 1), sin.view(n, 1, 1)
+        grid = torch.stack((cos * xs - sin * (h / w) * ys, sin * (w / h) * xs + cos * ys), dim=-1)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class BatchAugment:
+    """Training augmentation of a uint8 batch (N, C, H, W), in the order crop -> flips -> rotation ->
+    brightness / contrast -> erasing: the cheap ``torchvision.transforms.v2`` ops per image, the rotation
+    once for the whole batch (:class:`BatchRotation`). Also a DataLoader ``collate_fn`` (:meth:`collate`).
+    """
+
+    def __init__(self, before: Any, rotation: BatchRotation | None, after: Any) -> None:
+        self.before, self.rotation, self.after = before, rotation, after
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.before is not None:
+            x = torch.stack([self.before(xi) for xi in x])
+        if self.rotation is not None:
+            x = self.rotation(x)
+        if self.after is not None:
+            x = torch.stack([self.after(xi) for xi in x])
+        return x
+
+    def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """(image uint8 (C, H, W), label) items -> augmented (N, C, H, W) uint8 and (N,) labels."""
+        return self(torch.stack([x for x, _ in items])), torch.stack([torch.as_tensor(y) for _, y in items])
+
+
 def train_augment(
     *,
     hflip: bool = True,
@@ -41,8 +100,9 @@ def train_augment(
     contrast: float = 0.0,
     erasing: float = 0.0,
     crop: float = 1.0,
-):
-    """Training augmentation on uint8 tensors (C, H, W), from ``torchvision.transforms.v2``.
+) -> BatchAugment | None:
+    """Training augmentation of uint8 batches (N, C, H, W), from ``torchvision.transforms.v2`` and one batched
+    rotation (:class:`BatchAugment`); None when every switch is off.
 
     Args:
         hflip, vflip: random horizontal / vertical flips (p = 0.5 each).
@@ -54,17 +114,19 @@ def train_augment(
     """
     from torchvision.transforms import v2
 
-    ops: list = []
+    before: list = []
     if crop < 1.0:
-        ops.append(_RandomCropResize(crop))
+        before.append(_RandomCropResize(crop))
     if hflip:
-        ops.append(v2.RandomHorizontalFlip())
+        before.append(v2.RandomHorizontalFlip())
     if vflip:
-        ops.append(v2.RandomVerticalFlip())
-    if rotate_deg > 0:
-        ops.append(v2.RandomRotation(rotate_deg, interpolation=v2.InterpolationMode.BILINEAR))
+        before.append(v2.RandomVerticalFlip())
+    after: list = []
     if brightness > 0 or contrast > 0:
-        ops.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
+        after.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
     if erasing > 0:
-        ops.append(v2.RandomErasing(p=erasing, value=0))
-    return v2.Compose(ops) if ops else None
+        after.append(v2.RandomErasing(p=erasing, value=0))
+    rotation = BatchRotation(rotate_deg) if rotate_deg > 0 else None
+    if not (before or after or rotation):
+        return None
+    return BatchAugment(v2.Compose(before) if before else None, rotation, v2.Compose(after) if after else None)

@@ -212,22 +212,19 @@ def small_classes(classes: Sequence[str], splits: Sequence[str]) -> list[str]:
 
 
 class ArrayDataset(Dataset):
-    """uint8 images in memory with an optional per-sample augmentation.
+    """uint8 images in memory; augmentation happens per batch (the loader's ``collate_fn``,
+    :class:`defectlite.data.augment.BatchAugment`).
 
     Items: (image uint8 tensor (C, H, W), label int). Normalisation happens per batch, in the loop,
     with :func:`defectlite.data.transforms.normalize`.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.labels[i]
+        return self.images[i], self.labels[i]

@@ -15,6 +15,7 @@ objectness and class probabilities are sigmoids, a box's score is objectness x c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,26 +65,53 @@ def decode(
         DataError: ``raw`` is not 3-D or its P does not match anchors / strides / input size.
     """
     raw = np.asarray(raw, dtype=np.float32)
+    cell, stride, anchor_wh = _grid(anchors, strides, input_size, raw.shape)
+    return _decode_rows(raw, cell, stride, anchor_wh)
+
+
+def _grid(
+    anchors: Any, strides: Sequence[int], input_size: Sequence[int], raw_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each output row's cell ``(x, y)``, stride and anchor ``[w, h]``: float32 (P, 2), (P, 1), (P, 2).
+
+    Raises:
+        DataError: ``raw_shape`` is not (N, P, 5 + K) with the P of these anchors, strides and input size.
+    """
     anchors = np.asarray(anchors, dtype=np.float32).reshape(len(strides), -1, 2)
     h, w = (int(v) for v in input_size)
     num_a = anchors.shape[1]
     expected = sum(num_a * (h // s) * (w // s) for s in strides)
-    if raw.ndim != 3 or raw.shape[1] != expected or raw.shape[2] < 6:
+    if len(raw_shape) != 3 or raw_shape[1] != expected or raw_shape[2] < 6:
         raise DataError(
-            f"raw detector output {raw.shape} does not match (N, {expected}, 5 + K) for input {h} x {w}, "
+            f"raw detector output {tuple(raw_shape)} does not match (N, {expected}, 5 + K) for input {h} x {w}, "
             f"strides {tuple(strides)} and {num_a} anchors per stride"
         )
+    return _cached_grid(anchors.tobytes(), num_a, tuple(int(s) for s in strides), h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_grid(anchors: bytes, num_a: int, strides: tuple[int, ...], h: int, w: int):
+    anc_all = np.frombuffer(anchors, dtype=np.float32).reshape(len(strides), num_a, 2)
     cells, scale, anchor_wh = [], [], []  # per row (P): its cell (x, y), stride and anchor
-    for s, anc in zip(strides, anchors):
+    for s, anc in zip(strides, anc_all):
         ny, nx = h // s, w // s
         gy, gx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
         cells.append(np.tile(np.stack((gx, gy), -1).reshape(-1, 2), (num_a, 1)))  # rows (anchor, y, x)
         scale.append(np.full((num_a * ny * nx, 1), s))
         anchor_wh.append(np.repeat(anc, ny * nx, axis=0))
-    cell, stride = np.concatenate(cells).astype(np.float32), np.concatenate(scale).astype(np.float32)
+    grid = tuple(np.concatenate(a).astype(np.float32) for a in (cells, scale, anchor_wh))
+    for a in grid:
+        a.setflags(write=False)  # one copy shared by every call
+    return grid
+
+
+def _decode_rows(
+    raw: np.ndarray, cell: np.ndarray, stride: np.ndarray, anchor_wh: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`decode` of rows (..., R, 5 + K) whose cells, strides and anchors are (R, 2), (R, 1), (R, 2)."""
     sig = _sigmoid(raw[..., :4])
     xy = (2 * sig[..., :2] - 0.5 + cell) * stride
-    wh = (2 * sig[..., 2:4]) ** 2 * np.concatenate(anchor_wh)
+    wh = (2 * sig[..., 2:4]) ** 2 * anchor_wh
     boxes = np.concatenate((xy - wh / 2, xy + wh / 2), -1).astype(np.float32)
     return boxes, _sigmoid(raw[..., 4]), _sigmoid(raw[..., 5:])
 
@@ -168,14 +196,17 @@ def postprocess(
     if not (0 <= conf <= 1 and 0 <= iou <= 1 and max_det >= 1):
         raise ConfigError(f"need 0 <= conf <= 1, 0 <= iou <= 1, max_det >= 1; got {conf}, {iou}, {max_det}")
     anchors, strides, (h_in, w_in) = _meta(meta)
-    boxes, obj, cls = decode(raw, anchors, strides, (h_in, w_in))
-    if cls.shape[-1] != len(meta["classes"]):
-        raise DataError(f"raw output has {cls.shape[-1]} class scores, the metadata {len(meta['classes'])} classes")
-    sizes = [(h_in, w_in)] * len(boxes) if orig_sizes is None else [tuple(int(v) for v in s) for s in orig_sizes]
-    if len(sizes) != len(boxes) or any(len(s) != 2 or min(s) <= 0 for s in sizes):
-        raise DataError(f"orig_sizes must hold {len(boxes)} positive (H, W) pairs, got {orig_sizes!r}")
+    raw = np.asarray(raw, dtype=np.float32)
+    cell, stride, anchor_wh = _grid(anchors, strides, (h_in, w_in), raw.shape)
+    if raw.shape[-1] - 5 != len(meta["classes"]):
+        raise DataError(f"raw output has {raw.shape[-1] - 5} class scores, the metadata {len(meta['classes'])} classes")
+    sizes = [(h_in, w_in)] * len(raw) if orig_sizes is None else [tuple(int(v) for v in s) for s in orig_sizes]
+    if len(sizes) != len(raw) or any(len(s) != 2 or min(s) <= 0 for s in sizes):
+        raise DataError(f"orig_sizes must hold {len(raw)} positive (H, W) pairs, got {orig_sizes!r}")
     out = []
-    for b, o, c, (h, w) in zip(boxes, obj, cls, sizes):
+    for r, (h, w) in zip(raw, sizes):
+        rows = np.nonzero(_sigmoid(r[:, 4]) > conf)[0]  # score = objectness x class prob <= objectness: exact
+        b, o, c = _decode_rows(r[rows], cell[rows], stride[rows], anchor_wh[rows])
         labels = c.argmax(1)
         scores = o * c[np.arange(len(c)), labels]
         idx = np.nonzero(scores > conf)[0]

@@ -69,14 +69,15 @@ class ClassifyStageData:
     Args:
         train, val: (uint8 images (n, C, H, W), int64 labels (n,)).
         norm: (mean, std) per channel in [0, 1] units.
-        augment: per-image transform of uint8 (C, H, W) tensors, or None.
+        augment: :class:`~defectlite.data.augment.BatchAugment` of uint8 (N, C, H, W) batches, or None.
         mixup: timm ``Mixup`` or None.
     """
 
     score_name = "val_acc"
 
     def __init__(self, train, val, norm, augment=None, mixup=None) -> None:
-        self.dataset = ArrayDataset(*train, transform=augment)
+        self.dataset = ArrayDataset(*train)
+        self.augment = augment
         self.val = val
         self.mean, self.std = norm
         self.mixup = mixup
@@ -87,7 +88,7 @@ class ClassifyStageData:
         pass
 
     def batches(self, batch_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
-        return loader(self.dataset, batch_size, generator, shard)
+        return loader(self.dataset, batch_size, generator, shard, self.augment.collate if self.augment else None)
 
     def inputs(self, batch, device):
         xb, yb = batch
