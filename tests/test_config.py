@@ -27,6 +27,10 @@ def test_overrides_are_typed_and_strict():
     with pytest.raises(ConfigError, match="not of the form key=value"):
         apply_overrides(cfg, ["kd.alpha"])
     assert apply_overrides(cfg, ["teacher=null"]).teacher is None
+    assert apply_overrides(cfg, ["student.optim.amp=off"]).student.optim.amp == "off"  # not YAML 1.1's False
+    assert apply_overrides(cfg, ["student.augment.hflip=False"]).student.augment.hflip is False
+    with pytest.raises(ConfigError, match="hflip"):
+        apply_overrides(cfg, ["student.augment.hflip=no"])
 
 
 def test_unknown_recipe_lists_the_shipped_ones():

@@ -293,7 +293,8 @@ _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def parse_value(raw: str) -> Any:
-    """The value of a ``--set key=value`` item: YAML, with numbers in YAML 1.2 syntax (``5e-4``, ``1e6``).
+    """The value of a ``--set key=value`` item: YAML, with numbers and booleans in YAML 1.2 syntax (``5e-4``,
+    ``1e6``; only ``true`` / ``false`` are booleans, so ``student.optim.amp=off`` is the string ``"off"``).
 
     ``nan`` / ``inf`` (any spelling) stay strings or floats here; the field check refuses them.
 
@@ -308,9 +309,12 @@ def parse_value(raw: str) -> Any:
     if text.lower().lstrip("+-.") in ("nan", "inf", "infinity"):
         return float(text.lower().replace(".", ""))  # refused by the field check, with the key named
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"value {raw!r} is not valid YAML ({e})") from None
+    if isinstance(value, bool) and text.lower() not in ("true", "false"):
+        return text  # YAML 1.1's yes / no / on / off
+    return value
 
 
 def _optional_stage_default(data: dict, path: list[str]) -> dict | None:
