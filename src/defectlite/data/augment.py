@@ -1,4 +1,4 @@
-"""Training augmentation on uint8 tensors ``(C, H, W)``, built from ``torchvision.transforms.v2``.
+"""Training augmentation of uint8 batches ``(N, C, H, W)``, built from ``torchvision.transforms.v2``.
 
 Applied to the cached :func:`~defectlite.data.transforms.to_uint8` images before
 :func:`~defectlite.data.transforms.normalize`; prediction never augments. Kept apart from
@@ -37,7 +37,7 @@ class _RandomCropResize(torch.nn.Module):
 class BatchRotation(torch.nn.Module):
     """Rotate each image of a uint8 batch (N, C, H, W) by its own random angle in [-degrees, degrees] about the
     centre, bilinear, zero fill, rounded back to uint8: ``torchvision.transforms.v2.RandomRotation`` per image,
-    as one ``affine_grid`` / ``grid_sample`` over the batch (per image it was ~26 % of a 200 px NEU epoch).
+    as one ``grid_sample`` over the batch (per image it was ~26 % of a 200 px NEU epoch).
 
     Raises:
         DataError: ``degrees`` is not positive.
