@@ -152,7 +152,7 @@ def render(res: dict) -> str:
             f"| {s['b1_ms'] / ref['b1_ms']:.2f} | {s['b1_ms'] / ref8['b1_ms']:.2f} | {s['b64_img_s']:,.0f} "
             f"| {s['b64_img_s'] / ref['b64_img_s']:.2f} |"
         )
-    lines += ["", "Accuracy against latency: `neu_cls_pareto.png`.", ""]
+    lines += ["", f"Accuracy against latency: `{res['name']}_pareto.png`.", ""]
     return "\n".join(lines)
 
 
@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated timm peers (default: %(default)s)")
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-neu-cls"))
+    ap.add_argument("--paper-seeds", type=int, help="seeds of the paper's eg_repvgg (default: --seeds; 0 leaves it out)")
+    ap.add_argument("--name", default="neu_cls", help="result files <out>/<name>.{json,md} (default: %(default)s)")
     ap.add_argument("--eg-runs", type=Path, help="existing neu-kd-eg-repvgg-fast runs <dir>/seed<s> to reuse")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--rounds", type=int, default=7)
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         ours = [train(args.runs / "default" / f"seed{s}", args.recipe, s) for s in seeds]
         budget_s = statistics.fmean(sum(st["train_minutes"] for st in r["stages"].values()) for r in ours) * 60
         entries = [("default", args.recipe, None, None, seeds)]
-        entries.append(("eg_repvgg (paper, KD)", PAPER[1], None, None, seeds))
+        paper_seeds = range(args.seeds if args.paper_seeds is None else args.paper_seeds)
+        if paper_seeds:
+            entries.append(("eg_repvgg (paper, KD)", PAPER[1], None, None, paper_seeds))
         peer_seeds = range(args.peer_seeds or args.seeds)
         for peer in filter(None, args.peers.split(",")):
             epochs = max(1, int(budget_s / epoch_seconds(args.runs, f"timm:{peer}")))
@@ -234,15 +238,16 @@ def main(argv: list[str] | None = None) -> int:
                "seeds": list(seeds)}  # fmt: skip
         for need in ("mobilenetv3_small_050",):  # the yardstick must be in the duel
             assert f"{need} fp32" in files
+    res["name"] = args.name
     res["speed"] = measure(files, args.rounds)
     res["rows"] = rows
     res["files"] = {k: str(v) for k, v in files.items()}
     res["machine"] = machine()
-    name = "neu_cls" if not args.quick else "neu_cls_quick"
+    name = args.name if not args.quick else f"{args.name}_quick"
     atomic_write_json(args.out / f"{name}.json", res)
     atomic_write_text(args.out / f"{name}.md", render(res))
     if not args.quick:
-        pareto(res, args.out / "neu_cls_pareto.png")
+        pareto(res, args.out / f"{name}_pareto.png")
     print(render(res))
     return 0
 

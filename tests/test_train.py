@@ -81,6 +81,46 @@ def test_batch_rotation_equals_torchvision_rotate_per_image(size):
         BatchRotation(0)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_batch_flips_and_jitter_equal_torchvision_per_image(mode):
+    """Each image of the batch is flipped and brightness / contrast-jittered by its own draw exactly as
+    ``torchvision``'s ``horizontal_flip`` / ``adjust_brightness`` / ``adjust_contrast`` do it alone, in its own
+    order (a real NEU image, grey and 3-channel)."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from conftest import data_root
+    from defectlite.data.augment import BatchColorJitter, BatchFlip
+
+    img = Image.open(data_root() / "neu-surface-defect" / "images" / "scratches_1.jpg").convert(mode)
+    x = torch.from_numpy(np.array(img)).reshape(200, 200, -1).permute(2, 0, 1).contiguous()
+    if mode == "RGB":
+        x[0] //= 2  # channels that differ, so the grey mean of contrast matters
+    n = 16
+    g = torch.Generator().manual_seed(0)
+    b = torch.empty(n).uniform_(0.5, 1.5, generator=g)
+    c = torch.empty(n).uniform_(0.5, 1.5, generator=g)
+    contrast_first = torch.arange(n) % 2 == 0
+    flip = torch.arange(n) % 3 == 0
+    flipped = BatchFlip(-1)(torch.stack([x] * n), flip)
+    ours = BatchColorJitter(0.5, 0.5)(flipped, (b, c, contrast_first))
+    for i in range(n):
+        ref = TF.horizontal_flip(x) if flip[i] else x
+        assert torch.equal(flipped[i], ref)
+        bi, ci = b[i].item(), c[i].item()
+        if contrast_first[i]:
+            ref = TF.adjust_brightness(TF.adjust_contrast(ref, ci), bi)
+        else:
+            ref = TF.adjust_contrast(TF.adjust_brightness(ref, bi), ci)
+        assert torch.equal(ours[i], ref), i
+    swapped = BatchColorJitter(0.5, 0.5)(flipped, (b, c, ~contrast_first))
+    assert not torch.equal(swapped, ours)  # the order per image matters, so the test can tell
+    drawn = BatchColorJitter(0.2, 0.2)(torch.stack([x] * n))
+    assert len({int(d.sum()) for d in drawn}) == n  # each image its own factors
+    with pytest.raises(DataError, match="jitter"):
+        BatchColorJitter(0, 0)
+
+
 def test_compare_model_specs():
     assert split_models("a,dsc_cnn_140k[blurpool=true,se=true], timm:resnet18") == [
         "a",

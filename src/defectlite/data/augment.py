@@ -68,22 +68,96 @@ class BatchRotation(torch.nn.Module):
         return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-class BatchAugment:
-    """Training augmentation of a uint8 batch (N, C, H, W), in the order crop -> flips -> rotation ->
-    brightness / contrast -> erasing: the cheap ``torchvision.transforms.v2`` ops per image, the rotation
-    once for the whole batch (:class:`BatchRotation`). Also a DataLoader ``collate_fn`` (:meth:`collate`).
+class BatchFlip(torch.nn.Module):
+    """Flip each image of a batch (N, C, H, W) along ``dim`` (-1 horizontal, -2 vertical) with probability
+    ``p``, each image its own draw: ``torchvision.transforms.v2.RandomHorizontalFlip`` /
+    ``RandomVerticalFlip`` per image, as one ``torch.where`` over the batch."""
+
+    def __init__(self, dim: int, p: float = 0.5) -> None:
+        super().__init__()
+        self.dim, self.p = dim, p
+
+    def forward(self, x: Tensor, flip: Tensor | None = None) -> Tensor:
+        """``flip``: (N,) bool, which images flip; None draws them from the global torch generator."""
+        if flip is None:
+            flip = torch.rand(len(x)) < self.p
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(self.dim), x)
+
+
+class BatchColorJitter(torch.nn.Module):
+    """Brightness and contrast of each image of a uint8 batch (N, C, H, W, C = 1 or 3) by its own factors,
+    drawn uniformly from [1 - brightness, 1 + brightness] and [1 - contrast, 1 + contrast], applied in a random
+    order per image with uint8 rounding between them: ``torchvision.transforms.v2.ColorJitter(brightness,
+    contrast)`` per image, as a few batch-wide tensor ops (the same arithmetic as ``adjust_brightness`` /
+    ``adjust_contrast``).
+
+    Raises:
+        DataError: a strength is negative or both are 0.
     """
 
-    def __init__(self, before: Any, rotation: BatchRotation | None, after: Any) -> None:
-        self.before, self.rotation, self.after = before, rotation, after
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0) -> None:
+        super().__init__()
+        if brightness < 0 or contrast < 0 or not (brightness or contrast):
+            raise DataError(f"jitter strengths must be >= 0 and not both 0, got {brightness}, {contrast}")
+        self.brightness, self.contrast = float(brightness), float(contrast)
+
+    @staticmethod
+    def _brightness(x: Tensor, factor: Tensor) -> Tensor:
+        return x.mul(factor).clamp_(0, 255).to(torch.uint8)
+
+    @staticmethod
+    def _contrast(x: Tensor, factor: Tensor) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        grey = x.float() if x.shape[1] == 1 else TF.rgb_to_grayscale(x.float()).floor_()
+        mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
+        return x.mul(factor).add_(mean * (1 - factor)).clamp_(0, 255).to(torch.uint8)
+
+    def forward(self, x: Tensor, factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """``factors``: (N,) brightness and contrast factors and (N,) bool "contrast first"; None draws them
+        from the global torch generator."""
+        n = len(x)
+        if factors is None:
+            b = torch.empty(n).uniform_(1 - self.brightness, 1 + self.brightness) if self.brightness else None
+            c = torch.empty(n).uniform_(max(0.0, 1 - self.contrast), 1 + self.contrast) if self.contrast else None
+            factors = (b, c, torch.rand(n) < 0.5)
+        b, c, contrast_first = factors
+        b = None if b is None else b.view(-1, 1, 1, 1)
+        c = None if c is None else c.view(-1, 1, 1, 1)
+        if b is None:
+            return self._contrast(x, c)
+        if c is None:
+            return self._brightness(x, b)
+        out = torch.empty_like(x)
+        first, second = contrast_first, ~contrast_first
+        out[first] = self._brightness(self._contrast(x[first], c[first]), b[first])
+        out[second] = self._contrast(self._brightness(x[second], b[second]), c[second])
+        return out
+
+
+class PerImage:
+    """A ``torchvision.transforms.v2`` transform applied to each image of a batch (N, C, H, W) on its own."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.before is not None:
-            x = torch.stack([self.before(xi) for xi in x])
-        if self.rotation is not None:
-            x = self.rotation(x)
-        if self.after is not None:
-            x = torch.stack([self.after(xi) for xi in x])
+        return torch.stack([self.transform(xi) for xi in x])
+
+
+class BatchAugment:
+    """Training augmentation of a uint8 batch (N, C, H, W): ``steps`` in order (crop -> flips -> rotation ->
+    brightness / contrast -> erasing), the common ones batch-wide (:class:`BatchFlip`, :class:`BatchRotation`,
+    :class:`BatchColorJitter`), the rest per image (:class:`PerImage`). Also a DataLoader ``collate_fn``
+    (:meth:`collate`).
+    """
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = steps
+
+    def __call__(self, x: Tensor) -> Tensor:
+        for step in self.steps:
+            x = step(x)
         return x
 
     def collate(self, items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -101,8 +175,9 @@ def train_augment(
     erasing: float = 0.0,
     crop: float = 1.0,
 ) -> BatchAugment | None:
-    """Training augmentation of uint8 batches (N, C, H, W), from ``torchvision.transforms.v2`` and one batched
-    rotation (:class:`BatchAugment`); None when every switch is off.
+    """Training augmentation of uint8 batches (N, C, H, W) (:class:`BatchAugment`): flips, rotation and
+    brightness / contrast batch-wide, each image its own draw, equal per image to ``torchvision.transforms.v2``'s
+    (tested); crop and erasing per image by ``torchvision``; None when every switch is off.
 
     Args:
         hflip, vflip: random horizontal / vertical flips (p = 0.5 each).
@@ -114,19 +189,10 @@ def train_augment(
     """
     from torchvision.transforms import v2
 
-    before: list = []
-    if crop < 1.0:
-        before.append(_RandomCropResize(crop))
-    if hflip:
-        before.append(v2.RandomHorizontalFlip())
-    if vflip:
-        before.append(v2.RandomVerticalFlip())
-    after: list = []
-    if brightness > 0 or contrast > 0:
-        after.append(v2.ColorJitter(brightness=brightness, contrast=contrast))
-    if erasing > 0:
-        after.append(v2.RandomErasing(p=erasing, value=0))
-    rotation = BatchRotation(rotate_deg) if rotate_deg > 0 else None
-    if not (before or after or rotation):
-        return None
-    return BatchAugment(v2.Compose(before) if before else None, rotation, v2.Compose(after) if after else None)
+    steps: list[Any] = [PerImage(_RandomCropResize(crop))] if crop < 1.0 else []
+    steps += [BatchFlip(-1)] if hflip else []
+    steps += [BatchFlip(-2)] if vflip else []
+    steps += [BatchRotation(rotate_deg)] if rotate_deg > 0 else []
+    steps += [BatchColorJitter(brightness, contrast)] if brightness > 0 or contrast > 0 else []
+    steps += [PerImage(v2.RandomErasing(p=erasing, value=0))] if erasing > 0 else []
+    return BatchAugment(steps) if steps else None

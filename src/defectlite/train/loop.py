@@ -158,6 +158,8 @@ def train_epoch(
         lr = lr_at(epoch + step / steps, cfg)
         set_lr(opt, lr)
         x, target, truth = data.inputs(batch, device)
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(amp, device):
             outputs = model(x)
             out = objective(outputs, x, target)
@@ -180,6 +182,11 @@ def train_epoch(
     sums = dist.all_sum({**sums, "_n": float(n_seen)})  # the whole global batch's averages under DDP
     n_all = sums.pop("_n")
     return {"lr": lr, **{k: v / max(n_all, 1) for k, v in sums.items()}}
+
+
+def _memory_format(cfg: OptimCfg) -> torch.memory_format:
+    """The memory format training keeps 4-D weights and batches in (``cfg.channels_last``)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -286,7 +293,7 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     amp = resolve_amp(cfg.amp, dev)  # once, not per step
-    model.to(dev)
+    model.to(dev, memory_format=_memory_format(cfg))
     objective.to(dev)
     opt = build_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(seed)
@@ -342,5 +349,6 @@ def fit(
         )
     if w.distributed:
         _check_replicas(model, out_dir, w)
+    model.to(memory_format=torch.contiguous_format)  # callers (export, pruning) get the usual layout back
     b = state.best
     return FitResult(out_dir, b.epoch, b.score, b.loss, state.train_seconds, data.score_name, history, amp)
