@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated timm peers (default: %(default)s)")
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-neu-cls"))
-    ap.add_argument("--paper-seeds", type=int, help="seeds of the paper's eg_repvgg (default: --seeds; 0 leaves it out)")
+    ap.add_argument("--paper-seeds", type=int, help="seeds of eg_repvgg (default: --seeds; 0: left out)")
     ap.add_argument("--name", default="neu_cls", help="result files <out>/<name>.{json,md} (default: %(default)s)")
     ap.add_argument("--eg-runs", type=Path, help="existing neu-kd-eg-repvgg-fast runs <dir>/seed<s> to reuse")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
