@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from defectlite.utils import atomic_write_json, atomic_write_text
+from defectlite.workflows.pruning import prune_folder
 
 
 def sh(cmd: list[str]) -> None:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         *sets,
                     ]
                 )
-        folder = run / f"prune-r{args.ratio:g}-l{args.layers}"
+        folder = run / prune_folder(args.ratio, args.layers)
         if not (folder / "prune_report.json").is_file():
             sh(
                 [

@@ -38,6 +38,7 @@ from defectlite.evaluate.profile import machine, time_call
 from defectlite.runs import open_run
 from defectlite.tasks import get_task
 from defectlite.utils import atomic_write_json, atomic_write_text
+from defectlite.workflows.pruning import prune_folder
 
 RECIPE = "neu-det-yolo-lite-fast"
 
@@ -57,10 +58,11 @@ def train(seed: int, run: Path, sets: list[str]) -> dict:
     return json.loads((run / "report.json").read_text())
 
 
-def prune(run: Path, ratio: float, layers: int, epochs: int) -> dict:
-    out = run / f"prune-r{ratio:g}-l{layers}"
+def prune(run: Path, ratio: float, layers: int, epochs: int, round_to: int | None = None) -> dict:
+    out = run / prune_folder(ratio, layers, round_to)
     if not (out / "prune_report.json").is_file():
-        cli("prune", str(run), "--ratio", str(ratio), "--layers", str(layers), "--finetune-epochs", str(epochs))
+        cli("prune", str(run), "--ratio", str(ratio), "--layers", str(layers), "--finetune-epochs", str(epochs),
+            *(["--round-to", str(round_to)] if round_to else []))  # fmt: skip
     return json.loads((out / "prune_report.json").read_text())
 
 
@@ -154,7 +156,8 @@ def forms(run: Path, report: dict, pr: dict, args: argparse.Namespace) -> dict:
     params, macs = report["profile"]["params_deployed"], report["profile"]["macs"]
     minutes = sum(s["train_minutes"] for s in report["stages"].values())
     kd = rows["finetuned_kd"]
-    settings = {"ratio": args.ratio, "layers": args.layers, "finetune_epochs": args.finetune_epochs}
+    settings = {"ratio": args.ratio, "layers": args.layers, "finetune_epochs": args.finetune_epochs,
+                "round_to": args.round_to}  # fmt: skip
     entry = {
         "default": form(
             run / "model.onnx",
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--ratio", type=float, default=0.6, help="channel pruning ratio")
     ap.add_argument("--layers", type=int, default=2, help="residual blocks removed")
+    ap.add_argument("--round-to", type=int, help="pruned channel counts multiples of this (default: any)")
     ap.add_argument("--finetune-epochs", type=int, default=10)
     ap.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
     args = ap.parse_args(argv)
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run = args.runs / f"seed{seed}"
         report = train(seed, run, args.overrides)
-        pr = prune(run, args.ratio, args.layers, args.finetune_epochs)
+        pr = prune(run, args.ratio, args.layers, args.finetune_epochs, args.round_to)
         entry = forms(run, report, pr, args)  # an entry of an older version of this script: re-measured
         if old is not None and "peer" in old:
             entry["peer"] = old["peer"]

@@ -104,9 +104,12 @@ def test_predict_and_val_a_detector(det_run, det_data, tmp_path, capsys):
 
 
 def test_prune_and_quantize_a_detector(det_run, capsys):
-    assert main(["-q", "prune", str(det_run), "--ratio", "0.5", "--layers", "1", "--finetune-epochs", "1"]) == 0
-    report = json.loads((det_run / "prune-r0.5-l1" / "prune_report.json").read_text())
+    args = ["-q", "prune", str(det_run), "--ratio", "0.5", "--layers", "1", "--finetune-epochs", "1", "--round-to", "8"]
+    assert main(args) == 0
+    report = json.loads((det_run / "prune-r0.5-l1-c8" / "prune_report.json").read_text())
     rows = report["rows"]
+    changed = {k: v for k, v in report["channels_after"].items() if v != report["channels_before"][k]}
+    assert changed and all(v % 8 == 0 for v in changed.values())  # --round-to 8 reached the pruner
     assert rows["channel_pruned"]["params"] < 0.6 * rows["original"]["params"]
     assert rows["layer_pruned"]["params"] < rows["channel_pruned"]["params"]
     assert {"finetuned", "finetuned_kd", "finetuned_kd_int8"} <= set(rows) and report["task"] == "detect"
