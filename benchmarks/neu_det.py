@@ -58,6 +58,12 @@ def train(seed: int, run: Path, sets: list[str]) -> dict:
     return json.loads((run / "report.json").read_text())
 
 
+def prune_settings(args: argparse.Namespace) -> dict:
+    """The pruning settings a seed's entry records (an entry pruned otherwise is not silently kept)."""
+    return {"ratio": args.ratio, "layers": args.layers, "finetune_epochs": args.finetune_epochs,
+            "round_to": args.round_to}  # fmt: skip
+
+
 def prune(run: Path, ratio: float, layers: int, epochs: int, round_to: int | None = None) -> dict:
     out = run / prune_folder(ratio, layers, round_to)
     if not (out / "prune_report.json").is_file():
@@ -156,8 +162,7 @@ def forms(run: Path, report: dict, pr: dict, args: argparse.Namespace) -> dict:
     params, macs = report["profile"]["params_deployed"], report["profile"]["macs"]
     minutes = sum(s["train_minutes"] for s in report["stages"].values())
     kd = rows["finetuned_kd"]
-    settings = {"ratio": args.ratio, "layers": args.layers, "finetune_epochs": args.finetune_epochs,
-                "round_to": args.round_to}  # fmt: skip
+    settings = prune_settings(args)
     entry = {
         "default": form(
             run / "model.onnx",
@@ -262,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads(path.read_text()) if path.is_file() else {"recipe": RECIPE, "seeds": {}}
     for seed in range(args.seeds):
         old = res["seeds"].get(str(seed))
-        if old is not None and "pruned_int8" in old:
+        wanted = prune_settings(args)
+        done = {k: old["pruned"].get("settings", {}).get(k) for k in wanted} if old else None
+        if old is not None and "pruned_int8" in old and done == wanted:
             continue
+        if old is not None and "pruned_int8" in old:
+            sys.exit(f"{path}: seed {seed} was pruned with {done}, not {wanted}: pass --out to another folder")
         run = args.runs / f"seed{seed}"
         report = train(seed, run, args.overrides)
         pr = prune(run, args.ratio, args.layers, args.finetune_epochs, args.round_to)

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `defectlite train`")
     p.add_argument("--ratio", type=float, default=0.9, help="share of channels to remove (paper: 0.9)")
     p.add_argument("--layers", type=int, default=0, help="residual blocks to remove after channel pruning")
-    p.add_argument("--round-to", type=int, metavar="N", help="channel counts multiples of N (e.g. 8)")
+    p.add_argument(
+        "--round-to", type=int, metavar="N", help="channel counts multiples of N (e.g. 8; narrower layers stay whole)"
+    )
     p.add_argument("--finetune-epochs", type=int, default=10, help="epochs of each fine-tuning (with and without KD)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument(

@@ -86,7 +86,7 @@ class BatchFlip(torch.nn.Module):
 
 class BatchColorJitter(torch.nn.Module):
     """Brightness and contrast of each image of a uint8 batch (N, C, H, W, C = 1 or 3) by its own factors,
-    drawn uniformly from [1 - brightness, 1 + brightness] and [1 - contrast, 1 + contrast], applied in a random
+    drawn uniformly from [max(0, 1 - brightness), 1 + brightness] and the same for contrast, applied in a random
     order per image with uint8 rounding between them: ``torchvision.transforms.v2.ColorJitter(brightness,
     contrast)`` per image, as a few batch-wide tensor ops (the same arithmetic as ``adjust_brightness`` /
     ``adjust_contrast``).
@@ -118,7 +118,7 @@ class BatchColorJitter(torch.nn.Module):
         from the global torch generator."""
         n = len(x)
         if factors is None:
-            b = torch.empty(n).uniform_(1 - self.brightness, 1 + self.brightness) if self.brightness else None
+            b = torch.empty(n).uniform_(max(0.0, 1 - self.brightness), 1 + self.brightness) if self.brightness else None
             c = torch.empty(n).uniform_(max(0.0, 1 - self.contrast), 1 + self.contrast) if self.contrast else None
             factors = (b, c, torch.rand(n) < 0.5)
         b, c, contrast_first = factors

@@ -61,7 +61,9 @@ def prune_run(
         ratio: share of channels to remove globally (paper: 0.9).
         layers: number of residual blocks to remove after channel pruning (0 = none).
         round_to: keep every pruned layer's channel count a multiple of this (e.g. 8, the AVX2 float32 width:
-            a NEU detector at ratio 0.5 ran 2.89x instead of 2.50x faster than unpruned), or None.
+            a NEU detector at ratio 0.5 ran 2.89x instead of 2.50x faster than unpruned), or None. Torch-Pruning
+            rounds the kept count down, so a layer whose target is below N is left whole: less may be removed
+            than ``ratio`` asks (the report's "% removed" says how much was).
         finetune_epochs: epochs of each fine-tuning (CE, and KD when ``distill``).
         distill: also fine-tune with distillation from the unpruned model (Eq. 15: soft targets at
             temperature T weighted by alpha against the labels, T and alpha from the run's recipe).
