@@ -267,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads(path.read_text()) if path.is_file() else {"recipe": RECIPE, "seeds": {}}
     for seed in range(args.seeds):
         old = res["seeds"].get(str(seed))
-        wanted = prune_settings(args)
-        done = {k: old["pruned"].get("settings", {}).get(k) for k in wanted} if old else None
-        if old is not None and "pruned_int8" in old and done == wanted:
-            continue
         if old is not None and "pruned_int8" in old:
+            wanted = prune_settings(args)
+            done = {k: old["pruned"].get("settings", {}).get(k) for k in wanted}
+            if done == wanted:
+                continue
             sys.exit(f"{path}: seed {seed} was pruned with {done}, not {wanted}: pass --out to another folder")
         run = args.runs / f"seed{seed}"
         report = train(seed, run, args.overrides)

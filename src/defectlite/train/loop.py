@@ -158,8 +158,8 @@ def train_epoch(
         lr = lr_at(epoch + step / steps, cfg)
         set_lr(opt, lr)
         x, target, truth = data.inputs(batch, device)
-        if cfg.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=_memory_format(cfg))  # a no-op for NCHW batches without channels_last
         with autocast(amp, device):
             outputs = model(x)
             out = objective(outputs, x, target)
