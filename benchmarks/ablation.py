@@ -3,7 +3,9 @@
 Each step is trained by the same recipe (``neu-compare-fast`` at ``--epochs``, no teacher, the same seeds; selection
 on validation) and measured in one process: ONNX Runtime batch-1 latency (1 thread) FP32 and INT8 and batch-64
 throughput (2 threads), as ratios to timm ``mobilenetv3_small_050`` exported the same way (untrained: random
-weights do not change its speed). Writes ``benchmarks/results/ablation.{json,md}`` at the end (the runs resume).
+weights do not change its speed). Seed-major: all steps of one seed, then ``benchmarks/results/ablation.{json,md}``
+rewritten with the seeds done so far (the runs resume; speed is measured once, on the seed-0 models, and kept in
+``--runs/speed.json``).
 
     python benchmarks/ablation.py --seeds 3 --epochs 40
 """
@@ -11,6 +13,7 @@ weights do not change its speed). Writes ``benchmarks/results/ablation.{json,md}
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -41,6 +44,22 @@ def train_step(runs: Path, step: str, model: str, sets: list[str], seed: int, ep
         cli("train", "--recipe", "neu-compare-fast", "--model", model, "--seed", str(seed), "--epochs", str(epochs),
             "--out", str(run), *[f"--set={s}" for s in sets])  # fmt: skip
     return train(run, "neu-compare-fast", seed)
+
+
+def rows_of(runs: Path, reports: dict[str, list[dict]]) -> list[dict]:
+    """One table row per step: test accuracy mean ± std over the seeds done, size and seed-0 seconds per epoch."""
+    from defectlite.train.loop import read_history
+
+    rows = []
+    for step, change, model, sets in CHAIN:
+        accs = [r["test"]["accuracy"] for r in reports[step]]
+        hist = read_history(runs / step / "seed0" / "student" / "metrics.csv")
+        rows.append({"step": step, "change": change, "model": model, "sets": sets, "accs": accs,
+                     "acc": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "params": reports[step][0]["profile"]["params_deployed"],
+                     "macs": reports[step][0]["profile"]["macs"],
+                     "epoch_s": statistics.median(h["epoch_s"] for h in hist)})  # fmt: skip
+    return rows
 
 
 def render(res: dict) -> str:
@@ -77,24 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation")
     args = ap.parse_args(argv)
     ref = export_untrained("timm:mobilenetv3_small_050", args.runs / "untrained")
-    rows, files = [], {f"mobilenetv3_small_050 {form}": path for form, path in ref.items()}
-    for step, change, model, sets in CHAIN:
-        reports = [train_step(args.runs, step, model, sets, s, args.epochs) for s in range(args.seeds)]
-        accs = [r["test"]["accuracy"] for r in reports]
-        from defectlite.train.loop import read_history
-
-        hist = read_history(args.runs / step / "seed0" / "student" / "metrics.csv")
-        rows.append({"step": step, "change": change, "model": model, "sets": sets, "accs": accs,
-                     "acc": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "params": reports[0]["profile"]["params_deployed"], "macs": reports[0]["profile"]["macs"],
-                     "epoch_s": statistics.median(h["epoch_s"] for h in hist)})  # fmt: skip
-        files[f"{step} fp32"] = args.runs / step / "seed0" / "model.onnx"
-        files[f"{step} int8"] = int8_of(args.runs / step / "seed0")["path"]
-    res = {"seeds": list(range(args.seeds)), "epochs": args.epochs, "rows": rows, "speed": measure(files, 7),
-           "machine": machine()}  # fmt: skip
-    res["files"] = {k: str(v) for k, v in files.items()}
-    atomic_write_json(args.out.with_suffix(".json"), res)
-    atomic_write_text(args.out.with_suffix(".md"), render(res))
+    speed_file = args.runs / "speed.json"  # measured once, on the seed-0 models, when seed 0 is done
+    reports: dict[str, list[dict]] = {step: [] for step, *_ in CHAIN}
+    for seed in range(args.seeds):  # seed-major: the table is rewritten as each seed finishes
+        for step, _, model, sets in CHAIN:
+            reports[step].append(train_step(args.runs, step, model, sets, seed, args.epochs))
+        files = {f"mobilenetv3_small_050 {form}": path for form, path in ref.items()}
+        for step, *_ in CHAIN:
+            files[f"{step} fp32"] = args.runs / step / "seed0" / "model.onnx"
+            files[f"{step} int8"] = int8_of(args.runs / step / "seed0")["path"]
+        if not speed_file.is_file():
+            atomic_write_json(speed_file, measure(files, 7))
+        res = {"seeds": list(range(seed + 1)), "epochs": args.epochs, "rows": rows_of(args.runs, reports),
+               "speed": json.loads(speed_file.read_text()), "machine": machine()}  # fmt: skip
+        res["files"] = {k: str(v) for k, v in files.items()}
+        atomic_write_json(args.out.with_suffix(".json"), res)
+        atomic_write_text(args.out.with_suffix(".md"), render(res))
     print(render(res))
     return 0
 
