@@ -1,10 +1,12 @@
-"""Where training runs and in which precision: device choice and bf16 autocast where the hardware has it."""
+"""Where training runs and in which precision and layout: device choice, bf16 autocast where the hardware has it,
+and NHWC (channels_last) where oneDNN computes it right."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+from torch import nn
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -47,3 +49,34 @@ def autocast(amp: str, device: torch.device | str = "cpu"):
     if resolve_amp(amp, device) == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# oneDNN's 1x1 strided convolution, backward by weights, with an NHWC source and fewer input channels than its
+# channel block (16 floats on AVX-512, 8 on AVX2) writes past its workspace: a crash (heap corruption) or silently
+# wrong gradients (uxlfoundation/oneDNN#6035, open; torch 2.14.1). Measured here at 64 x C x 100 x 100: C < 16
+# crashes on AVX-512; on AVX2, C < 8 crashes or gives wrong weight gradients. Such a model trains in NCHW.
+ONEDNN_NHWC_MIN_CHANNELS = 16
+
+
+def nhwc_unsafe_convs(model: nn.Module) -> list[str]:
+    """Names of the ``Conv2d`` layers of ``model`` that oneDNN's NHWC backward computes wrong on CPUs: kernel 1 x 1,
+    stride > 1, fewer than :data:`ONEDNN_NHWC_MIN_CHANNELS` input channels (uxlfoundation/oneDNN#6035)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride != (1, 1)
+        and m.in_channels < ONEDNN_NHWC_MIN_CHANNELS
+    ]
+
+
+def resolve_memory_format(
+    model: nn.Module, channels_last: bool, device: torch.device | str = "cpu"
+) -> torch.memory_format:
+    """The layout training keeps 4-D weights and batches in: ``torch.channels_last`` (NHWC) when asked for and safe,
+    else ``torch.contiguous_format`` (NCHW). On a CPU a model with :func:`nhwc_unsafe_convs` trains in NCHW (its
+    gradients would be wrong or the process would crash); the layers are logged by the caller."""
+    if not channels_last or (torch.device(device).type == "cpu" and nhwc_unsafe_convs(model)):
+        return torch.contiguous_format
+    return torch.channels_last

@@ -41,7 +41,7 @@ from defectlite.errors import TrainingError
 from defectlite.train import distributed as dist
 from defectlite.train.averaging import WeightAverage
 from defectlite.train.config import OptimCfg
-from defectlite.train.device import autocast, resolve_amp, resolve_device
+from defectlite.train.device import autocast, nhwc_unsafe_convs, resolve_amp, resolve_device, resolve_memory_format
 from defectlite.train.optim import build_optimizer, lr_at, set_lr
 from defectlite.train.state import Best, StageState, load_state, save_state, write_best
 from defectlite.utils import atomic_write_text
@@ -140,9 +140,10 @@ def train_epoch(
     desc: str,
     out_dir: Path,
     progress: bool = True,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
     """One epoch of training; returns ``lr`` (the last step's), ``train_loss`` and the task's batch stats,
-    averaged over the epoch's images.
+    averaged over the epoch's images. 4-D batches are made ``memory_format`` (the model's layout).
 
     Raises:
         TrainingError: the loss is not finite at some step.
@@ -159,7 +160,7 @@ def train_epoch(
         set_lr(opt, lr)
         x, target, truth = data.inputs(batch, device)
         if x.dim() == 4:
-            x = x.contiguous(memory_format=_memory_format(cfg))  # a no-op for NCHW batches without channels_last
+            x = x.contiguous(memory_format=memory_format)  # a no-op for NCHW batches in NCHW training
         with autocast(amp, device):
             outputs = model(x)
             out = objective(outputs, x, target)
@@ -182,11 +183,6 @@ def train_epoch(
     sums = dist.all_sum({**sums, "_n": float(n_seen)})  # the whole global batch's averages under DDP
     n_all = sums.pop("_n")
     return {"lr": lr, **{k: v / max(n_all, 1) for k, v in sums.items()}}
-
-
-def _memory_format(cfg: OptimCfg) -> torch.memory_format:
-    """The memory format training keeps 4-D weights and batches in (``cfg.channels_last``)."""
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -293,7 +289,11 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     amp = resolve_amp(cfg.amp, dev)  # once, not per step
-    model.to(dev, memory_format=_memory_format(cfg))
+    memory_format = resolve_memory_format(model, cfg.channels_last, dev)
+    if cfg.channels_last and memory_format != torch.channels_last:
+        why = "oneDNN's NHWC backward is wrong for the 1x1 strided convs with few input channels (oneDNN#6035)"
+        log.warning("%s: training in NCHW, not channels_last: %s: %s", desc, why, nhwc_unsafe_convs(model))
+    model.to(dev, memory_format=memory_format)
     objective.to(dev)
     opt = build_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(seed)
@@ -315,7 +315,8 @@ def fit(
         dist.seed_rank(seed, epoch)
         row: dict[str, float] = {"epoch": epoch}
         row |= train_epoch(train_model, objective, data, opt, averager, cfg, epoch, generator=generator, device=dev,
-                           amp=amp, desc=desc, out_dir=out_dir, progress=progress)  # fmt: skip
+                           amp=amp, desc=desc, out_dir=out_dir, progress=progress,
+                           memory_format=memory_format)  # fmt: skip
         dist.average_buffers(model)
         averager.after_epoch(model, epoch, lambda: data.clean_batches(dev))
         eval_model = averager.eval_model(model, epoch)
