@@ -150,3 +150,54 @@ def test_autocast_auto_uses_bf16_only_on_native_hardware(monkeypatch):
     assert loop.resolve_amp("bf16") == "bf16" and loop.resolve_amp("fp32") == "off"
     with pytest.raises(ValueError, match="unknown amp mode 'fp16'"):
         loop.autocast("fp16")
+
+
+@pytest.mark.parametrize("name", ["cpu_repnet_m", "dsc_cnn_140k", "pdmsnet", "weldnet", "mobilenetv3_small_050",
+                                  "eg_repvgg", "yolo_lite"])  # fmt: skip
+def test_channels_last_convs_give_the_nchw_gradients(name, shared_data):
+    """Where the loop trains NHWC (the default), each conv of the model, fed the input it sees on real NEU images,
+    gives the NCHW weight and input gradients; models with oneDNN's broken 1x1 strided NHWC backward (oneDNN#6035:
+    a crash or wrong weight gradients) are kept NCHW. Layer by layer, as a conv is linear: whole untrained nets are
+    chaotic enough in float32 (a ReLU input ~0 flips with the summation order) to hide a kernel bug."""
+    from PIL import Image
+
+    from defectlite.models.yolo import yolo_lite
+    from defectlite.train.device import nhwc_unsafe_convs, resolve_memory_format
+
+    files = [shared_data / "neu-surface-defect" / "images" / f"{c}_{i}.jpg" for c in ("crazing", "scratches")
+             for i in (1, 2, 3)]  # fmt: skip
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("L")) for f in files])[:, None] / 255.0)
+    x = x.float()[..., :192, :192]  # (6, 1, 192, 192): strides 8/16/32 divide it for the detector
+    torch.manual_seed(0)
+    model = yolo_lite(num_classes=6) if name == "yolo_lite" else create_model(name, num_classes=6, in_chans=1)
+    fmt = resolve_memory_format(model, True, "cpu")
+    assert (fmt == torch.contiguous_format) == (name == "eg_repvgg") == bool(nhwc_unsafe_convs(model))
+    if fmt == torch.contiguous_format:
+        return
+    inputs: dict[str, torch.Tensor] = {}
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+    def keep_input(name):
+        def hook(module, args, output):  # returns None: the output stays as it is
+            inputs.setdefault(name, args[0])
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep_input(n)) for n, m in convs.items()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert len(inputs) == len(convs) > 5
+
+    def grads(conv, inp, memory_format):
+        conv = conv.to(memory_format=memory_format)
+        conv.zero_grad()
+        inp = inp.clone().contiguous(memory_format=memory_format).requires_grad_(True)
+        out = conv(inp)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out).contiguous(memory_format=memory_format))
+        return conv.weight.grad.clone(), inp.grad.clone()
+
+    for n, conv in convs.items():
+        for a, b in zip(grads(conv, inputs[n], torch.contiguous_format), grads(conv, inputs[n], torch.channels_last)):
+            assert float((b - a).abs().max()) <= 1e-4 * float(a.abs().max()) + 1e-7, (n, conv)
