@@ -47,13 +47,14 @@ def train_step(runs: Path, step: str, model: str, sets: list[str], seed: int, ep
 
 
 def rows_of(runs: Path, reports: dict[str, list[dict]]) -> list[dict]:
-    """One table row per step: test accuracy mean ± std over the seeds done, size and seed-0 seconds per epoch."""
+    """One table row per step: test accuracy mean ± std over the seeds done, size, and the median seconds per epoch
+    over all epochs of those seeds (robust to a few epochs slowed by other work on the machine)."""
     from defectlite.train.loop import read_history
 
     rows = []
     for step, change, model, sets in CHAIN:
         accs = [r["test"]["accuracy"] for r in reports[step]]
-        hist = read_history(runs / step / "seed0" / "student" / "metrics.csv")
+        hist = [h for s in range(len(accs)) for h in read_history(runs / step / f"seed{s}" / "student" / "metrics.csv")]
         rows.append({"step": step, "change": change, "model": model, "sets": sets, "accs": accs,
                      "acc": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "params": reports[step][0]["profile"]["params_deployed"],
@@ -72,7 +73,10 @@ def render(res: dict) -> str:
         f"{res['machine']['onnxruntime']}. Accuracy: NEU-CLS test, mean ± std over seeds {res['seeds']}, each step "
         f"trained by `neu-compare-fast` for {res['epochs']} epochs without a teacher, selected on validation. Speed: "
         "the trained seed-0 model, ratios to mobilenetv3_small_050 at 1 x 200 x 200 measured in the same run "
-        "(batch 1: 1 thread, medians of interleaved rounds; batch 64: 2 threads).",
+        "(batch 1: 1 thread, medians of interleaved rounds; batch 64: 2 threads). Training layout: A0-A3 train in NCHW "
+        "(their first block's 1x1 stride-2 branch has 1 input channel, which oneDNN's NHWC backward gets wrong: "
+        "uxlfoundation/oneDNN#6035), A4-A5 in NHWC (channels_last); train s / epoch is the median over all epochs of "
+        "all seeds.",
         "",
         "| step | change | params | MACs (M) | test acc | b1 FP32 | b1 INT8 (vs its INT8) | b64 FP32 throughput "
         "| train s / epoch |",
