@@ -7,7 +7,9 @@ Full mode (per seed, resumable; each model's runs in ``--runs/<model>/seed<s>``)
 - ``eg_repvgg`` as in the paper (``neu-kd-eg-repvgg-fast``: the Table-1 network distilled from a teacher);
 - timm peers trained by the same loop (``neu-compare-fast``: SGD, cosine, EMA, the same augmentation and
   selection) for the same wall-clock budget as the default recipe: each peer's epochs = the default's mean
-  training seconds / the peer's own seconds per epoch (measured by a 2-epoch probe), at least 1;
+  training seconds / the peer's own seconds per epoch (measured by a 2-epoch probe), at least 1, and the budget as
+  the peer's time limit (``student.optim.time_limit_minutes``: it stops before an epoch that would overrun, so
+  a peer whose later epochs run slower than the probe's still trains within the budget);
 - every model also INT8-quantised the same way (ONNX Runtime static QDQ, per channel, 256 training images).
 
 Then, in one process: ONNX Runtime batch-1 latency (1 thread) and batch-64 throughput (2 threads) of every model,
@@ -50,15 +52,25 @@ def cli(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def train(run: Path, recipe: str, seed: int, model: str | None = None, epochs: int | None = None) -> dict:
+def train(run: Path, recipe: str, seed: int, model: str | None = None, epochs: int | None = None,
+          sets: tuple[str, ...] = ()) -> dict:  # fmt: skip
     """Train one run through the CLI (resuming a started one) and return its report."""
     if not (run / "report.json").is_file():
         if (run / "config.yaml").is_file():
             cli("train", "--resume", str(run))
         else:
             extra = (["--model", model] if model else []) + (["--epochs", str(epochs)] if epochs else [])
+            extra += [f"--set={s}" for s in sets]
             cli("train", "--recipe", recipe, "--seed", str(seed), "--out", str(run), *extra)
     return json.loads((run / "report.json").read_text())
+
+
+def _epochs_run(reports: list[dict], planned: int | None) -> str:
+    """The student epochs the seeds ran: ``N``, or ``N1/N2/.. of planned`` where a time limit stopped one."""
+    run = [r["stages"]["student"].get("epochs_run", r["stages"]["student"]["epochs"]) for r in reports]
+    if planned is None:
+        return "recipe"
+    return str(planned) if all(n == planned for n in run) else f"{'/'.join(map(str, run))} of {planned}"
 
 
 def epoch_seconds(runs: Path, model: str) -> float:
@@ -215,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         for peer in filter(None, args.peers.split(",")):
             epochs = max(1, int(budget_s / epoch_seconds(args.runs, f"timm:{peer}")))
             entries.append((peer, "neu-compare-fast", f"timm:{peer}", epochs, peer_seeds))
+        limit = (f"student.optim.time_limit_minutes={budget_s / 60:.3f}",)
         for label, recipe, model, epochs, its_seeds in entries:
             folder = args.runs / label.split()[0]
             if label.startswith("eg_repvgg") and args.eg_runs:
                 folder = args.eg_runs
-            reports = [train(folder / f"seed{s}", recipe, s, model, epochs) for s in its_seeds]
+            reports = [train(folder / f"seed{s}", recipe, s, model, epochs, limit if model else ()) for s in its_seeds]
             int8 = [int8_of(folder / f"seed{s}") for s in its_seeds]
             name = model.removeprefix("timm:") if model else reports[0]["model"]
             acc, std = mean_std([r["test"]["accuracy"] for r in reports])
@@ -228,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             files[f"{name} fp32"] = folder / "seed0" / "model.onnx"
             files[f"{name} int8"] = int8[0]["path"]
             rows.append({"model": name, "form": "FP32", "key": f"{name} fp32", "acc": acc, "acc_std": std,
-                         "val": statistics.fmean(vals), "train_minutes": minutes, "epochs": epochs or "recipe",
-                         "accs": [r["test"]["accuracy"] for r in reports], "seeds": len(reports)})  # fmt: skip
+                         "val": statistics.fmean(vals), "train_minutes": minutes,
+                         "epochs": _epochs_run(reports, epochs), "accs": [r["test"]["accuracy"] for r in reports],
+                         "seeds": len(reports)})  # fmt: skip
             a8, s8 = mean_std([q["test"] for q in int8])
             rows.append({"model": name, "form": "INT8" + (" (deployed)" if int8[0]["deployed"] else ""),
                          "key": f"{name} int8", "acc": a8, "acc_std": s8,

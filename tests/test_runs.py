@@ -187,6 +187,18 @@ def test_ties_in_validation_score_go_to_the_latest_epoch(neu_small, tmp_path):
     assert json.loads((run / "student" / "best.json").read_text())["epoch"] == latest
 
 
+def test_time_limit_stops_before_an_epoch_that_would_overrun_and_still_deploys(neu_small, tmp_path):
+    """A 0.006 s budget: the first epoch always runs (nothing to estimate from), then the next would overrun."""
+    run = tmp_path / "timed"
+    sets = ["--set", "teacher=null", "--set", "student.optim.time_limit_minutes=1e-4"]
+    assert tiny_train(neu_small, run, *sets, "--epochs", "30") == 0
+    assert [r["epoch"] for r in read_history(run / "student" / "metrics.csv")] == [0]
+    stage = json.loads((run / "report.json").read_text())["stages"]["student"]
+    assert (stage["epochs"], stage["epochs_run"], stage["best_epoch"]) == (30, 1, 0)
+    assert "| 1 of 30 (time limit) |" in (run / "report.md").read_text()
+    assert (run / "model.onnx").is_file()
+
+
 def test_open_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(Exception, match="not a defectlite run folder"):
         open_run(tmp_path)

@@ -91,6 +91,7 @@ def stage_summary(stage: StageCfg, fit_result: FitResult) -> dict[str, Any]:
     return {
         "model": stage.model,
         "epochs": stage.optim.epochs,
+        "epochs_run": len(fit_result.history),  # fewer than planned when a time limit stopped the stage
         "best_epoch": fit_result.best_epoch,
         "score_name": fit_result.score_name,
         "best_val_score": fit_result.best_score,

@@ -72,6 +72,12 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f} %"
 
 
+def _epochs(stage: dict) -> str:
+    """A stage's epochs: ``N``, or ``run of planned`` when a time limit stopped it early."""
+    run = stage.get("epochs_run", stage["epochs"])
+    return str(run) if run == stage["epochs"] else f"{run} of {stage['epochs']} (time limit)"
+
+
 def _num(x: float | int | None, unit: str = "", digits: int = 3) -> str:
     if x is None:
         return "—"
@@ -201,7 +207,7 @@ def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
     for name, s in r["stages"].items():
         score = f"{s['score_name']} {_num(s['best_val_score'], digits=4)}" if s.get("score_name") else "—"
         lines.append(
-            f"| {name} | {s['model']} | {s['epochs']} | {score} ({s['best_epoch'] + 1}) "
+            f"| {name} | {s['model']} | {_epochs(s)} | {score} ({s['best_epoch'] + 1}) "
             f"| {s['train_minutes']:.1f} | {s.get('amp', '-')} |"
         )
     lines += ["", "## Cost", ""]

@@ -185,6 +185,13 @@ def train_epoch(
     return {"lr": lr, **{k: v / max(n_all, 1) for k, v in sums.items()}}
 
 
+def _out_of_time(cfg: OptimCfg, state: StageState) -> bool:
+    """Whether one more epoch (as long as the mean of the ``state.epoch + 1`` done) would take the training time past
+    ``cfg.time_limit_minutes``."""
+    done = state.epoch + 1
+    return done > 0 and state.train_seconds * (done + 1) / done > cfg.time_limit_minutes * 60
+
+
 def _weights_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -310,6 +317,10 @@ def fit(
     history = [h for h in read_history(out_dir / "metrics.csv") if h["epoch"] <= state.epoch]
     train_model = dist.wrap(model, dev)  # DistributedDataParallel under torchrun, else the model itself
     for epoch in range(state.epoch + 1, cfg.epochs):
+        if cfg.time_limit_minutes and dist.broadcast(_out_of_time(cfg, state)):
+            log.warning("%s: stopped after %d of %d epochs: the next would end past the %.1f-min time limit", desc,
+                        epoch, cfg.epochs, cfg.time_limit_minutes)  # fmt: skip
+            break
         t0 = time.perf_counter()
         data.start_epoch(epoch, cfg.epochs)
         dist.seed_rank(seed, epoch)
