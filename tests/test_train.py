@@ -152,6 +152,32 @@ def test_autocast_auto_uses_bf16_only_on_native_hardware(monkeypatch):
         loop.autocast("fp16")
 
 
+def test_nhwc_unsafe_convs_are_exactly_the_1x1_strided_ones_on_under_16_channels():
+    from defectlite.train.device import nhwc_unsafe_convs, resolve_memory_format
+
+    def conv(c, k, s):
+        return torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(c, 32, k, s))
+
+    assert nhwc_unsafe_convs(conv(15, 1, 2)) == ["1"] and nhwc_unsafe_convs(conv(1, 1, (2, 1))) == ["1"]
+    assert not any(nhwc_unsafe_convs(conv(*a)) for a in [(16, 1, 2), (15, 1, 1), (15, 3, 2), (1, 2, 2)])
+    assert resolve_memory_format(conv(15, 1, 2), True, "cpu") == torch.contiguous_format
+    assert resolve_memory_format(conv(16, 1, 2), True, "cpu") == torch.channels_last
+    assert resolve_memory_format(conv(16, 1, 2), False, "cpu") == torch.contiguous_format
+
+
+def test_time_limit_estimates_the_next_epoch_from_the_epochs_after_the_first():
+    from defectlite.train.loop import _out_of_time
+    from defectlite.train.state import StageState
+
+    history = [{"epoch_s": 13.6}, {"epoch_s": 10.3}, {"epoch_s": 10.5}]  # epoch 0 is slower (kernel set-up)
+    state = StageState(epoch=2, train_seconds=34.4)
+    limit = (34.4 + 10.4 + 0.2) / 60  # room for a 10.4 s epoch (the median after the first), not a 11.5 s mean one
+    assert not _out_of_time(OptimCfg(time_limit_minutes=limit), state, history)
+    assert _out_of_time(OptimCfg(time_limit_minutes=(34.4 + 10.2) / 60), state, history)
+    assert not _out_of_time(OptimCfg(time_limit_minutes=1e-9), StageState(), [])  # the first epoch always runs
+    assert not _out_of_time(OptimCfg(), state, history)  # 0 = no limit
+
+
 @pytest.mark.parametrize("name", ["cpu_repnet_m", "dsc_cnn_140k", "pdmsnet", "weldnet", "mobilenetv3_small_050",
                                   "eg_repvgg", "yolo_lite"])  # fmt: skip
 def test_channels_last_convs_give_the_nchw_gradients(name, shared_data):

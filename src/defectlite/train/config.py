@@ -95,8 +95,10 @@ class OptimCfg:
     """SGD or AdamW with warm-up then a cosine or multi-step schedule (Xie & Shen 2022, Section 3.3.1)."""
 
     epochs: Annotated[int, AtLeastOne] = 100
-    # > 0: a wall-clock budget of the stage's training (Ultralytics' ``time``): it stops before an epoch that would end
-    # past it (the mean epoch so far as the estimate); the schedule stays planned for ``epochs``, selection as usual
+    # > 0: a time budget of the stage (Ultralytics' ``time``), as summed epoch times (training + validation; not
+    # checkpoint writes or setup): it stops before an epoch that would end past it (the median epoch after the first
+    # as the estimate). The schedule stays planned for ``epochs``: a stopped stage never reaches the lowest learning
+    # rates, nor its last swa_epochs / close_mosaic epochs. Selection on validation as usual
     time_limit_minutes: Annotated[float, NonNegative] = 0.0
     batch_size: Annotated[int, AtLeastOne] = 64
     optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: momentum / nesterov below; adamw: betas (0.9, 0.999)

@@ -26,6 +26,7 @@ import csv
 import io
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -185,11 +186,14 @@ def train_epoch(
     return {"lr": lr, **{k: v / max(n_all, 1) for k, v in sums.items()}}
 
 
-def _out_of_time(cfg: OptimCfg, state: StageState) -> bool:
-    """Whether one more epoch (as long as the mean of the ``state.epoch + 1`` done) would take the training time past
-    ``cfg.time_limit_minutes``."""
-    done = state.epoch + 1
-    return done > 0 and state.train_seconds * (done + 1) / done > cfg.time_limit_minutes * 60
+def _out_of_time(cfg: OptimCfg, state: StageState, history: list[dict[str, float]]) -> bool:
+    """Whether one more epoch would take the stage's training seconds past ``cfg.time_limit_minutes``. The next
+    epoch is estimated as the median of the epochs after the first (which is slower: kernel set-up, caches), or as
+    the first while it is the only one; never before any epoch has run."""
+    times = [h["epoch_s"] for h in history]
+    if not cfg.time_limit_minutes or not times:
+        return False
+    return state.train_seconds + statistics.median(times[1:] or times) > cfg.time_limit_minutes * 60
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -317,8 +321,8 @@ def fit(
     history = [h for h in read_history(out_dir / "metrics.csv") if h["epoch"] <= state.epoch]
     train_model = dist.wrap(model, dev)  # DistributedDataParallel under torchrun, else the model itself
     for epoch in range(state.epoch + 1, cfg.epochs):
-        if cfg.time_limit_minutes and dist.broadcast(_out_of_time(cfg, state)):
-            log.warning("%s: stopped after %d of %d epochs: the next would end past the %.1f-min time limit", desc,
+        if cfg.time_limit_minutes and dist.broadcast(_out_of_time(cfg, state, history)):
+            log.warning("%s: stopped after %d of %d epochs: the next would end past the %.3g-min time limit", desc,
                         epoch, cfg.epochs, cfg.time_limit_minutes)  # fmt: skip
             break
         t0 = time.perf_counter()
