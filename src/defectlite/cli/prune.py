@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         default=True,
         help="also fine-tune with distillation from the unpruned model",
     )
+    p.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="select an EMA of the weights in fine-tuning (the decay of the run's deployed stage, if it has one)",
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for batch-1 latency")
     p.set_defaults(func=run)
 
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         distill=args.distill,
         lr=args.lr,
+        ema=args.ema,
         threads=args.threads,
         progress=not args.quiet,
     )

@@ -50,6 +50,7 @@ def prune_run(
     finetune_epochs: int = 10,
     distill: bool = True,
     lr: float = 0.01,
+    ema: bool = True,
     threads: int = 1,
     out_name: str | None = None,
     progress: bool = True,
@@ -68,6 +69,10 @@ def prune_run(
         distill: also fine-tune with distillation from the unpruned model (Eq. 15: soft targets at
             temperature T weighted by alpha against the labels, T and alpha from the run's recipe).
         lr: peak learning rate of fine-tuning.
+        ema: validate and select an exponential moving average of the weights during fine-tuning, with the
+            decay of the run's deployed stage (timm ``ModelEmaV3`` with warm-up, so a 1-epoch fine-tune is not
+            held back by it); False, or a stage trained without EMA, fine-tunes the raw weights. SWA is never
+            used in fine-tuning.
         threads: ONNX Runtime threads for the batch-1 latency.
 
     Returns:
@@ -123,7 +128,14 @@ def prune_run(
     stage = dataclasses.replace(
         deployed,
         sparsity=0.0,
-        optim=dataclasses.replace(deployed.optim, epochs=finetune_epochs, lr=lr, warmup_epochs=0.0, ema_decay=0.0),
+        optim=dataclasses.replace(
+            deployed.optim,
+            epochs=finetune_epochs,
+            lr=lr,
+            warmup_epochs=0.0,
+            ema_decay=deployed.optim.ema_decay if ema else 0.0,
+            swa_epochs=0,
+        ),
     )
     teacher = reparameterize(original)
     card_all = task.card(cfg, data)
@@ -156,6 +168,7 @@ def prune_run(
         "round_to": round_to,
         "finetune_epochs": finetune_epochs,
         "distill": distill,
+        "ema_decay": stage.optim.ema_decay,
         "kd": dataclasses.asdict(cfg.kd),
         "input_shape": list(shape),
         "rows": rows,
@@ -190,7 +203,9 @@ def render_prune_report(r: dict[str, Any]) -> str:
         f"# Pruning `{r['model']}`: channel ratio {r['ratio']}, {r['layers']} residual blocks removed"
         + (f", channel counts multiples of {r['round_to']}" if r.get("round_to") else ""),
         "",
-        f"Fine-tuning: {r['finetune_epochs']} epochs each; distillation T = {r['kd']['temperature']}, "
+        f"Fine-tuning: {r['finetune_epochs']} epochs each"
+        + (f", weight EMA (decay {r['ema_decay']})" if r.get("ema_decay") else "")
+        + f"; distillation T = {r['kd']['temperature']}, "
         f"alpha = {r['kd']['alpha']}. Input {r['input_shape']}. Latency: ONNX Runtime batch 1, median of 200 runs "
         f"after 20 warm-up, {base['threads_b1']} thread; throughput at batch 64 with {base['threads_throughput']} "
         "threads; all rows measured in the same run.",
