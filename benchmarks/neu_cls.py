@@ -171,7 +171,9 @@ def render(res: dict) -> str:
 def pareto(res: dict, path: Path) -> None:
     from defectlite.evaluate.report import pyplot, save_figure
 
-    plt = pyplot()
+    plt = pyplot()  # sets the non-interactive backend before any other matplotlib import
+    from matplotlib.ticker import ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for row in res["rows"]:
         if row.get("acc") is None:
@@ -179,9 +181,13 @@ def pareto(res: dict, path: Path) -> None:
         ms = res["speed"][row["key"]]["b1_ms"]
         marker = "o" if row["form"] == "FP32" else "s"
         ax.errorbar(ms, 100 * row["acc"], yerr=100 * row["acc_std"], fmt=marker, capsize=3)
-        ax.annotate(f"{row['model']} {row['form']}", (ms, 100 * row["acc"]), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")  # fmt: skip
+        below = row["form"] != "FP32"  # an FP32 / INT8 pair often sits at one accuracy: labels above / below
+        ax.annotate(f"{row['model']} {row['form']}", (ms, 100 * row["acc"]), fontsize=7,
+                    xytext=(4, -9 if below else 3), textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("ONNX Runtime batch-1 latency, ms (1 thread, log)")
     ax.set_ylabel("NEU-CLS test accuracy, % (mean ± std over seeds)")
     ax.grid(alpha=0.3)
