@@ -65,3 +65,4 @@ def main(out: str, batch: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    dist.exit_worker(0)

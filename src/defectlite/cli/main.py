@@ -85,5 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # also how torchrun starts each worker (`--nproc`, `torchrun -m defectlite.cli.main`)
+    status = main()
+    if "torch" in sys.modules:  # a command that never imported PyTorch joined no group
+        from defectlite.train.distributed import exit_worker
+
+        exit_worker(status)
+    sys.exit(status)
