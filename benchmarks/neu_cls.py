@@ -172,7 +172,7 @@ def pareto(res: dict, path: Path) -> None:
     from defectlite.evaluate.report import pyplot, save_figure
 
     plt = pyplot()  # sets the non-interactive backend before any other matplotlib import
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for row in res["rows"]:
@@ -185,8 +185,9 @@ def pareto(res: dict, path: Path) -> None:
         ax.annotate(f"{row['model']} {row['form']}", (ms, 100 * row["acc"]), fontsize=7,
                     xytext=(4, -9 if below else 3), textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # 0.2, 0.5, 2, 5 ...: labels that do not collide
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("ONNX Runtime batch-1 latency, ms (1 thread, log)")
     ax.set_ylabel("NEU-CLS test accuracy, % (mean ± std over seeds)")
