@@ -257,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-neu-det"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--ratio", type=float, default=0.6, help="channel pruning ratio")
-    ap.add_argument("--layers", type=int, default=2, help="residual blocks removed")
-    ap.add_argument("--round-to", type=int, help="pruned channel counts multiples of this (default: any)")
-    ap.add_argument("--finetune-epochs", type=int, default=10)
+    # defaults: the smallest setting that meets the size and speed targets on a trained yolo_lite (ratio 0.4
+    # with widths in multiples of 8: 65 % of parameters removed, 2.5x faster network; 0.35: 59.8 %), not more
+    ap.add_argument("--ratio", type=float, default=0.4, help="channel pruning ratio (default: %(default)s)")
+    ap.add_argument("--layers", type=int, default=0, help="residual blocks removed (default: %(default)s)")
+    ap.add_argument("--round-to", type=int, default=8, help="pruned channel counts multiples of this (default: 8)")
+    ap.add_argument("--finetune-epochs", type=int, default=30, help="each fine-tuning (default: %(default)s)")
     ap.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
     args = ap.parse_args(argv)
     path = args.out / "neu_det.json"
