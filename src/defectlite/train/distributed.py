@@ -86,11 +86,11 @@ def exit_worker(code: int) -> None:
     """End this ``torchrun`` worker with ``code`` once its work is done: leave the process group, flush the logs
     and standard streams, then ``os._exit`` (a no-op when not distributed: the caller exits as usual).
 
-    A 2-process gloo job aborted in about 1 of 20 runs under load *after* its last Python line ("terminate called
-    without an active exception", exit -6, no Python frame on any thread: C++ static teardown, after the group
-    was destroyed; seen in CI and reproduced here, 2 in 48 runs of ``tests/ddp_toy.py``), and torchrun then
-    reports the finished job as failed. Skipping that teardown is safe here: every file is written atomically
-    before this point, and the atexit handlers it skips are flushed by hand."""
+    A 2-process gloo job aborted under load *after* its last Python line ("terminate called without an active
+    exception", exit -6, no Python frame on any thread: C++ static teardown, after the group was destroyed; seen
+    in CI, reproduced in 2 of 49 runs of ``tests/ddp_toy.py`` beside a training job, 0 of 80 with this exit), and
+    torchrun then reports the finished job as failed. Skipping that teardown is safe here: every file is written
+    atomically before this point, and the atexit handlers it skips are flushed by hand."""
     if not world().distributed:
         return
     shutdown()
