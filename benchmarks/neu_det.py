@@ -232,12 +232,18 @@ def render(res: dict) -> str:
             f"{statistics.fmean(r[key]['macs'] for r in rows) / 1e9:.2f} | {lat1:.2f} ({1e3 / lat1:.0f}) | "
             f"{lat2:.2f} ({1e3 / lat2:.0f}) | {speed:.2f}x | {'—' if train is None else f'{train:.1f}'} |"
         )
-    if all("peer" in r for r in rows):
+    peers = [r["peer"] for r in rows if "peer" in r]
+    if peers:
+        of = "" if len(peers) == len(rows) else f" ({len(peers)} of {len(rows)} seeds)"
         lines.append(
-            f"| {rows[0]['peer']['model']}, same wall-clock budget | {mean_std([r['peer']['map50'] for r in rows])} "
-            f"| {mean_std([r['peer']['map'] for r in rows])} | {rows[0]['peer']['params']:,} | — | — | — | "
-            f"— | {statistics.fmean(r['peer']['train_minutes'] for r in rows):.1f} |"
+            f"| {peers[0]['model']}, same wall-clock budget{of} | {mean_std([p['map50'] for p in peers])} "
+            f"| {mean_std([p['map'] for p in peers])} | {peers[0]['params']:,} | — | — | — | "
+            f"— | {statistics.fmean(p['train_minutes'] for p in peers):.1f} |"
         )
+    settings = rows[0]["pruned"].get("settings", {})
+    lines += ["", f"Training: `{RECIPE}`" + "".join(f" `--set {o}`" for o in res.get("overrides", [])) + "; pruning: "
+              + ", ".join(f"{k} {v}" for k, v in settings.items()) + " (`defectlite prune`, distilled)."]  # fmt: skip
+    lines += [f"Peer of seed {s}: {r['peer']['note']}." for s, r in zip(seeds, rows) if "note" in r.get("peer", {})]
     lines += ["", "Per class AP@0.5 of the default model (mean over seeds):", "", "| class | AP@0.5 |", "|---|---|"]
     for c in rows[0]["default"]["per_class"]:
         lines.append(f"| {c} | {mean_std([r['default']['per_class'][c]['ap50'] for r in rows])} |")
@@ -267,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     path = args.out / "neu_det.json"
     res = json.loads(path.read_text()) if path.is_file() else {"recipe": RECIPE, "seeds": {}}
+    trained = any("default" in e for e in res["seeds"].values())  # a file of before this key: trained without --set
+    if res.setdefault("overrides", [] if trained else args.overrides) != args.overrides:
+        sys.exit(f"{path}: its seeds were trained with --set {res['overrides']}, not {args.overrides}: pass --out")
     for seed in range(args.seeds):
         old = res["seeds"].get(str(seed))
         if old is not None and "pruned_int8" in old:
@@ -288,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(path, res)
         atomic_write_text(path.with_suffix(".md"), render(res))
         print(render(res), flush=True)
+    if res["seeds"] and "machine" in res:
+        atomic_write_text(path.with_suffix(".md"), render(res))
     return 0
 
 
