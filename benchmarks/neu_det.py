@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=0, help="residual blocks removed (default: %(default)s)")
     ap.add_argument("--round-to", type=int, default=8, help="pruned channel counts multiples of this (default: 8)")
     ap.add_argument("--finetune-epochs", type=int, default=30, help="each fine-tuning (default: %(default)s)")
-    ap.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
+    ap.add_argument(
+        "--no-peer", action="store_true", help="skip the torchvision peer (a later run without this flag adds it)"
+    )
     args = ap.parse_args(argv)
     path = args.out / "neu_det.json"
     res = json.loads(path.read_text()) if path.is_file() else {"recipe": RECIPE, "seeds": {}}
@@ -281,17 +283,20 @@ def main(argv: list[str] | None = None) -> int:
         if old is not None and "pruned_int8" in old:
             wanted = prune_settings(args)
             done = {k: old["pruned"].get("settings", {}).get(k) for k in wanted}
-            if done == wanted:
+            if done != wanted:
+                sys.exit(f"{path}: seed {seed} was pruned with {done}, not {wanted}: pass --out to another folder")
+            if "peer" in old or args.no_peer:
                 continue
-            sys.exit(f"{path}: seed {seed} was pruned with {done}, not {wanted}: pass --out to another folder")
-        run = args.runs / f"seed{seed}"
-        report = train(seed, run, args.overrides)
-        pr = prune(run, args.ratio, args.layers, args.finetune_epochs, args.round_to)
-        entry = forms(run, report, pr, args)  # an entry of an older version of this script: re-measured
-        if old is not None and "peer" in old:
-            entry["peer"] = old["peer"]
-        elif not args.no_peer:
-            entry["peer"] = peer(run, entry["default"]["train_minutes"] * 60, seed)
+            entry = old  # complete but run with --no-peer: only its peer is added
+        else:
+            run = args.runs / f"seed{seed}"
+            report = train(seed, run, args.overrides)
+            pr = prune(run, args.ratio, args.layers, args.finetune_epochs, args.round_to)
+            entry = forms(run, report, pr, args)  # an entry of an older version of this script: re-measured
+            if old is not None and "peer" in old:
+                entry["peer"] = old["peer"]
+        if "peer" not in entry and not args.no_peer:
+            entry["peer"] = peer(args.runs / f"seed{seed}", entry["default"]["train_minutes"] * 60, seed)
         res["seeds"][str(seed)] = entry
         res["machine"] = machine()
         atomic_write_json(path, res)
