@@ -26,7 +26,7 @@ from defectlite.compress.restore import load_checkpoint
 from defectlite.deploy.onnx_export import export_onnx
 from defectlite.evaluate.profile import count_params, interleaved_ort_latency
 from defectlite.runs import open_run
-from defectlite.train.ensemble import Ensemble
+from defectlite.tasks.classify.ensemble import Ensemble
 from defectlite.utils import atomic_write_json, atomic_write_text
 
 

@@ -90,8 +90,8 @@ def peer(run: Path, budget_s: float, seed: int) -> dict:
     """torchvision SSDLite320-MobileNetV3 from scratch, trained for ``budget_s`` seconds on the run's split."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
-    from defectlite.data.det_augment import DetAugment
-    from defectlite.data.det_dataset import DetDataset, collate
+    from defectlite.tasks.detect.augment import DetAugment
+    from defectlite.tasks.detect.dataset import DetDataset, collate
 
     r = open_run(run)
     cfg, task = r.config(), get_task(r.task)

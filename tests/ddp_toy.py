@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from defectlite.runs import StageFiles
 from defectlite.train import distributed as dist
 from defectlite.train.config import OptimCfg
 from defectlite.train.loop import fit
@@ -58,7 +59,7 @@ def main(out: str, batch: int) -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     cfg = OptimCfg(epochs=3, batch_size=batch, lr=0.05, warmup_epochs=0, ema_decay=0.0, amp="off")
     card = {"model": "toy", "num_classes": 2, "in_chans": 1}
-    fit(model, Data(), MSE(), cfg, Path(out), seed=0, card=card, progress=False, device="cpu")
+    fit(model, Data(), MSE(), cfg, StageFiles(Path(out)), seed=0, card=card, progress=False, device="cpu")
     if dist.world().main:
         torch.save({k: v for k, v in model.state_dict().items()}, Path(out) / "final.pt")
 

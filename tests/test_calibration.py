@@ -11,10 +11,10 @@ import torch
 
 from defectlite import Predictor
 from defectlite.cli.main import main
-from defectlite.compress.temperature import fold_temperature
 from defectlite.deploy.onnx_export import check_parity, export_onnx
-from defectlite.evaluate import calibration as cal
 from defectlite.models import create_model
+from defectlite.tasks.classify import calibration as cal
+from defectlite.tasks.classify.temperature import fold_temperature
 from test_explain import tiny_run
 from test_models import randomize_bn
 

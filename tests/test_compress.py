@@ -20,7 +20,7 @@ from defectlite.errors import ConfigError
 from defectlite.evaluate.profile import count_params
 from defectlite.models import create_model
 from defectlite.onnx_file import ort_session
-from defectlite.train.objectives import CrossEntropy
+from defectlite.tasks.classify.objectives import CrossEntropy
 from test_models import randomize_bn
 
 SHAPE = (1, 1, 64, 64)

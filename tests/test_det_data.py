@@ -14,12 +14,12 @@ import torch
 from torchvision.ops import box_iou
 
 from conftest import NEU_CLASSES, data_root
-from defectlite.data.anchors import anchor_fit, kmeans_anchors, wh_iou
-from defectlite.data.det_augment import DetAugment, keep_boxes, mosaic
-from defectlite.data.det_dataset import NEGATIVE_CLASS, DetDataset, collate, prepare_detection, read_det_splits
-from defectlite.data.detection import DetIndex, detect_det_format, read_detection
 from defectlite.data.transforms import to_uint8
 from defectlite.errors import ConfigError, DataError
+from defectlite.tasks.detect.anchors import anchor_fit, kmeans_anchors, wh_iou
+from defectlite.tasks.detect.augment import DetAugment, keep_boxes, mosaic
+from defectlite.tasks.detect.dataset import NEGATIVE_CLASS, DetDataset, collate, prepare_detection, read_det_splits
+from defectlite.tasks.detect.readers import DetIndex, detect_det_format, read_detection
 
 # two images per class plus scratches_108, whose XML holds 1 scratches and 3 inclusion boxes
 NEU_STEMS = [f"{c}_{n}" for c in NEU_CLASSES for n in (1, 2)] + ["scratches_108"]

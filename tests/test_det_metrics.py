@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from defectlite.errors import DataError
-from defectlite.evaluate.det_metrics import box_iou, detection_metrics
-from defectlite.evaluate.det_report import (
+from defectlite.tasks.detect.metrics import box_iou, detection_metrics
+from defectlite.tasks.detect.report import (
     render_det_markdown,
     write_det_confusion,
     write_det_grid,

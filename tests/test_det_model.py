@@ -16,13 +16,13 @@ from torch import nn
 
 from defectlite.compress.channel_prune import prune_channels, replay
 from defectlite.compress.layer_prune import prune_layers, residual_blocks
-from defectlite.deploy.det_decode import box_iou, decode, nms, postprocess
 from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.evaluate.profile import count_params
 from defectlite.models import create_model, list_models, model_info
 from defectlite.models.yolo import DetectorExport, flatten_outputs, yolo_lite
 from defectlite.onnx_file import ort_session
-from defectlite.train.det_loss import DetectionDistill, DetectionLoss, decode_cells, yolov5_gains
+from defectlite.tasks.detect.decode import box_iou, decode, nms, postprocess
+from defectlite.tasks.detect.loss import DetectionDistill, DetectionLoss, decode_cells, yolov5_gains
 from test_models import randomize_bn
 
 K = 7  # a number no default uses
@@ -356,7 +356,7 @@ def test_postprocess_filters_on_objectness_first_without_losing_a_box(conf):
 
 
 def test_decoding_module_imports_without_torch():
-    code = "import sys; sys.modules['torch'] = None; import defectlite.deploy.det_decode as d; print(d.nms)"
+    code = "import sys; sys.modules['torch'] = None; import defectlite.tasks.detect.decode as d; print(d.nms)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr

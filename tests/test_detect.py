@@ -16,8 +16,8 @@ from defectlite import Predictor
 from defectlite.cli.main import main
 from defectlite.compress.restore import load_checkpoint
 from defectlite.data.transforms import normalize
-from defectlite.deploy.det_decode import Detections, decode, postprocess
 from defectlite.models.yolo import flatten_outputs
+from defectlite.tasks.detect.decode import Detections, decode, postprocess
 from test_serve import CHROMIUM, CHROMIUM_ARGS, live_server
 
 PER_CLASS = 10

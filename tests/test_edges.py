@@ -11,13 +11,13 @@ import pytest
 
 from defectlite.cli.main import build_parser
 from defectlite.cli.train import build_config
-from defectlite.data.detection import read_detection
 from defectlite.deploy.predictor import Predictor
 from defectlite.errors import ConfigError, DataError
 from defectlite.pipeline import export_run, train_run
 from defectlite.runs import TeacherSource
+from defectlite.tasks.detect.readers import read_detection
 from defectlite.train.config import apply_overrides, load_recipe
-from defectlite.workflows.comparison import compare
+from defectlite.workflows.comparison import compare, render_comparison
 from test_decode import _finishes_within
 from test_det_data import NEU_STEMS, link_neu_det
 from test_explain import tiny_run
@@ -66,10 +66,19 @@ def test_a_checkpoint_teacher_is_refused_for_a_recipe_with_an_ensemble_teacher(t
     assert not (tmp_path / "run").exists()
 
 
-def test_compare_refuses_a_detection_recipe_before_training(tmp_path):
-    with pytest.raises(ConfigError, match="detect recipe"):
-        compare(load_recipe("neu-det-yolo-lite-fast"), ["yolo_lite"], [0], tmp_path / "cmp")
-    assert not (tmp_path / "cmp").exists()
+def test_compare_refuses_a_model_of_another_task_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="is a classify model, this is a detect run"):
+        compare(load_recipe("neu-det-yolo-lite-fast", ["student.model=eg_repvgg"]), ["eg_repvgg"], [0], tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_comparison_table_names_the_task_metrics():
+    row = {"model": "yolo_lite", "score_name": "map50", "score_mean": 0.7, "score_std": 0.01, "secondary_name": "map",
+           "secondary_mean": 0.33, "secondary_std": 0.02, "params": 10, "macs": 2e6, "ort_b1_ms": 1.0,
+           "ort_b1_p95_ms": 1.1, "ort_throughput": 500.0, "train_minutes": 3.0}  # fmt: skip
+    latency = {"threads": 1, "rounds": 5, "runs_per_round": 100}
+    md = render_comparison({"recipe": "r", "seeds": [0], "overrides": [], "rows": [row], "latency": latency})
+    assert "| model | test map50 | map |" in md and "| yolo_lite | 70.00 ± 1.00 % | 33.00 ± 2.00 % |" in md
 
 
 def test_predictor_refuses_bad_option_values_before_any_image(run_dir):

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from defectlite.data.splits import subsample_train
-from defectlite.train.ensemble import Ensemble, PseudoLabel, combine_probs
-from defectlite.train.objectives import LogitDistill
+from defectlite.tasks.classify.ensemble import Ensemble, PseudoLabel, combine_probs
+from defectlite.tasks.classify.objectives import LogitDistill
 
 
 def test_focal_ensemble_matches_equation_2():

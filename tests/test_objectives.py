@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from defectlite.train.objectives import LogitDistill, kd_loss
+from defectlite.tasks.classify.objectives import LogitDistill, kd_loss
 
 
 def _softmax(z, t):

@@ -508,12 +508,12 @@ def test_serve_command_runs_uvicorn(run_dir, images):
     assert f"serving {run_dir.resolve() / 'model.onnx'}" in out
 
 
-def test_micro_batcher_groups_and_splits_rows():
+def test_micro_batcher_groups_and_splits_rows_of_every_output():
     calls: list[int] = []
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> list[np.ndarray]:  # two outputs, as an anomaly model's map and score
         calls.append(len(x))
-        return x.reshape(len(x), -1) * 2
+        return [x.reshape(len(x), -1) * 2, x.reshape(len(x)) + 1]
 
     async def scenario():
         batcher = MicroBatcher(run, max_batch=4, max_wait_ms=50, max_queue=8)
@@ -529,7 +529,8 @@ def test_micro_batcher_groups_and_splits_rows():
 
     xs, outs = asyncio.run(scenario())
     for x, (rows, ms, size) in zip(xs, outs):
-        assert np.array_equal(rows, x.reshape(len(x), -1) * 2) and ms >= 0 and size <= 4
+        assert len(rows) == 2 and np.array_equal(rows[0], x.reshape(len(x), -1) * 2) and ms >= 0 and size <= 4
+        assert np.array_equal(rows[1], x.reshape(len(x)) + 1)
     assert calls[:2] == [4, 4]  # 1+2+1 then 3+1: each call filled to max_batch, no request split
 
 

@@ -16,7 +16,7 @@ import pytest
 from defectlite import Predictor
 from defectlite.cli.main import main
 from defectlite.errors import DataError
-from defectlite.evaluate.metrics import classification_metrics
+from defectlite.tasks.classify.metrics import classification_metrics
 from test_explain import tiny_run
 
 NO_TORCH = """

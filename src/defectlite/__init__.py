@@ -6,7 +6,7 @@ Public API::
 """
 
 from defectlite._lazy import lazy_attributes
-from defectlite.deploy.predictor import Prediction, Predictor
+from defectlite.deploy import Prediction, Predictor
 from defectlite.errors import CheckpointError, ConfigError, DataError, DefectliteError
 
 # PyTorch-side names load on first use: ``from defectlite import Predictor`` stays free of torch.

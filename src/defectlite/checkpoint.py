@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from defectlite.errors import CheckpointError
 from defectlite.utils import atomic_write, atomic_write_json
 
-if TYPE_CHECKING:  # PyTorch is imported by the functions that need it, not by this module (see resolve_checkpoint)
+if TYPE_CHECKING:  # PyTorch is imported by the functions that need it, not by this module (see load_card)
     import torch
     from torch import nn
 
@@ -89,21 +89,3 @@ def read_card(path: str | Path) -> dict[str, Any]:
         return json.loads(card_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{card_path}: not valid JSON ({e})") from None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint stem of the deployed model for a run folder, an ONNX file, or a checkpoint path.
-
-    ``RUN`` -> ``RUN/model``; ``X.onnx`` -> ``X`` (``X.json`` + ``X.safetensors`` beside it);
-    ``X.json`` / ``X.safetensors`` / ``X`` -> ``X``.
-
-    Raises:
-        CheckpointError: the card or the weights are missing (the message names the path).
-    """
-    p = Path(path)
-    stem = p / "model" if p.is_dir() else (p.with_suffix("") if p.suffix in (".onnx", ".json", ".safetensors") else p)
-    missing = [s for s in (".json", ".safetensors") if not stem.with_suffix(s).is_file()]
-    if missing:
-        names = " and ".join(str(stem.with_suffix(s)) for s in missing)
-        raise CheckpointError(f"no PyTorch checkpoint for {p}: {names} not found (Grad-CAM needs the model weights)")
-    return stem

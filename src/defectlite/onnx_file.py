@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from defectlite.errors import CheckpointError
+from defectlite.tasks import task_name
 
 METADATA_KEY = "defectlite"  # the ONNX metadata_props key holding the model card as JSON (written by export_onnx)
 
@@ -68,7 +69,7 @@ def check_metadata(meta: Any) -> dict[str, Any]:
     """
     if not isinstance(meta, dict):
         raise CheckpointError("the defectlite metadata is not a JSON object")
-    meta = {"task": "classify", **meta}
+    meta = {**meta, "task": task_name(meta)}
     classes = meta.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
         raise CheckpointError(f"metadata 'classes' must be a non-empty list of names, got {classes!r}")

@@ -12,9 +12,11 @@ A run folder is the contract between ``defectlite train`` and every later comman
         best.safetensors, best.json   the selected epoch (validation only), a loadable checkpoint + card
         last.safetensors              the stage's whole training state (resume point), see train.state
         metrics.csv                   one row per finished epoch
+        gammas.npz                    |BN gamma| per epoch, when the stage trains with sparsity
       model.safetensors, model.json   the deployed model (re-parameterised) and its card
       model.onnx                      the same for ONNX Runtime, its card in the metadata (task included)
-      report.md, report.json          the run's report, with its figures beside it
+      model.int8.onnx                 its INT8 form, when it kept the validation score (``predict`` then runs it)
+      report.md, report.json          the run's report, with its figures beside it (curves.png, ...)
       prune-*/, val-*/                what later commands wrote
 
 A run is resumed by ``defectlite train --resume RUN`` from ``run.json`` + ``config.yaml`` alone: nothing
@@ -32,10 +34,91 @@ from pathlib import Path
 from typing import Any
 
 from defectlite.errors import CheckpointError, ConfigError
+from defectlite.tasks import task_name
 from defectlite.utils import atomic_write_json, atomic_write_text
 
 MANIFEST, CONFIG, SPLITS = "run.json", "config.yaml", "splits.csv"
 MANIFEST_VERSION = 1
+DEPLOYED, ONNX_NAME, INT8_SUFFIX = "model", "model.onnx", ".int8.onnx"
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder (it holds ``config.yaml``)."""
+    return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
+
+
+def deployed_onnx(folder: str | Path) -> Path:
+    """``<folder>/model.onnx``: the deployed ONNX file of a run folder (or of a folder holding a copied run's model)."""
+    return Path(folder) / ONNX_NAME
+
+
+def int8_path(onnx_path: str | Path) -> Path:
+    """The INT8 form ``X.int8.onnx`` that a run deploys beside ``X.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(p.name.removesuffix(".onnx") + INT8_SUFFIX)
+
+
+def is_int8(onnx_path: str | Path) -> bool:
+    """Whether ``onnx_path`` names an INT8 form (``*.int8.onnx``)."""
+    return Path(onnx_path).name.endswith(INT8_SUFFIX)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint stem of the deployed model for a run folder, an ONNX file, or a checkpoint path.
+
+    ``RUN`` -> ``RUN/model``; ``X.onnx`` -> ``X`` (``X.json`` + ``X.safetensors`` beside it);
+    ``X.json`` / ``X.safetensors`` / ``X`` -> ``X``.
+
+    Raises:
+        CheckpointError: the card or the weights are missing (the message names the path).
+    """
+    p = Path(path)
+    stem = p / DEPLOYED if p.is_dir() else (p.with_suffix("") if p.suffix in (".onnx", ".json", ".safetensors") else p)
+    missing = [s for s in (".json", ".safetensors") if not stem.with_suffix(s).is_file()]
+    if missing:
+        names = " and ".join(str(stem.with_suffix(s)) for s in missing)
+        raise CheckpointError(f"no PyTorch checkpoint for {p}: {names} not found (Grad-CAM needs the model weights)")
+    return stem
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """The files of one trained model's folder (``RUN/<stage>/``), as :func:`defectlite.train.loop.fit` writes them.
+
+    Attributes:
+        root: the folder.
+    """
+
+    root: Path
+
+    @property
+    def best(self) -> Path:
+        """Stem of the selected epoch's checkpoint (``best.safetensors`` + ``best.json``)."""
+        return self.root / "best"
+
+    @property
+    def last(self) -> Path:
+        """The whole training state of the last finished epoch (the resume point)."""
+        return self.root / "last.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        """One row per finished epoch (CSV)."""
+        return self.root / "metrics.csv"
+
+    @property
+    def gammas(self) -> Path:
+        """|BN gamma| per epoch (``--set <stage>.sparsity=...``)."""
+        return self.root / "gammas.npz"
+
+    @property
+    def ddp(self) -> Path:
+        """The replicas' parameter digests after a data-parallel stage."""
+        return self.root / "ddp.json"
+
+    def epoch(self, index: int) -> Path:
+        """Stem of epoch ``index``'s checkpoint (``save_period``)."""
+        return self.root / "epochs" / f"epoch{index:03d}"
 
 
 @dataclass
@@ -43,9 +126,11 @@ class TeacherSource:
     """Where a run's distillation teacher comes from.
 
     Attributes:
-        kind: ``trained`` (the run's own teacher stage), ``checkpoint`` (``--teacher RUN|STEM``) or
-            ``ensemble`` (``--teacher-ensemble RUN``: the members of another run).
-        path: the checkpoint stem or run folder (absolute), None for ``trained``.
+        kind: ``trained`` (the run's own teacher stage), ``checkpoint`` (``--teacher RUN|STEM``), ``ensemble``
+            (``--teacher-ensemble RUN``: the members of another run), ``members`` (the ensemble the run trains) or
+            ``none``. ``run.json`` records the first three; :func:`defectlite.pipeline.training.teacher_source`
+            resolves every run to one of the five.
+        path: the checkpoint stem or run folder (absolute), None for the others.
     """
 
     kind: str
@@ -67,7 +152,7 @@ class Run:
     @property
     def task(self) -> str:
         """The run's task name (``classify``, ``detect``, ...)."""
-        return self.manifest.get("task", "classify")
+        return task_name(self.manifest)
 
     @property
     def deployed_stage(self) -> str:
@@ -104,6 +189,10 @@ class Run:
         """``RUN/<stage>/`` (teacher, member<i>, student)."""
         return self.root / stage
 
+    def stage(self, stage: str) -> StageFiles:
+        """The files of ``RUN/<stage>/``."""
+        return StageFiles(self.stage_dir(stage))
+
     def best(self, stage: str | None = None) -> Path:
         """The checkpoint stem of a stage's selected epoch (default: the deployed stage).
 
@@ -111,30 +200,50 @@ class Run:
             CheckpointError: the stage has not finished an epoch yet.
         """
         stage = stage or self.deployed_stage
-        stem = self.stage_dir(stage) / "best"
+        stem = self.stage(stage).best
         if not stem.with_suffix(".json").is_file():
             raise CheckpointError(f"{self.root}: stage {stage!r} has no best checkpoint yet ({stem}.json)")
         return stem
 
     def has_best(self, stage: str) -> bool:
         """Whether ``stage`` has a selected checkpoint."""
-        return (self.stage_dir(stage) / "best.json").is_file()
+        return self.stage(stage).best.with_suffix(".json").is_file()
 
     def members(self) -> list[str]:
         """Names of the ensemble member stages with a best checkpoint, in index order."""
-        found = [p.name for p in self.root.glob("member*") if (p / "best.json").is_file()]
+        found = [p.name for p in self.root.glob("member*") if self.has_best(p.name)]
         found = [n for n in found if n.removeprefix("member").isdigit()]  # not member_old/, a user's copy
         return sorted(found, key=lambda n: int(n.removeprefix("member")))
 
     @property
     def deployed(self) -> Path:
         """Stem of the deployed checkpoint (``RUN/model``: ``model.safetensors`` + ``model.json``)."""
-        return self.root / "model"
+        return self.root / DEPLOYED
 
     @property
     def onnx(self) -> Path:
         """``RUN/model.onnx``."""
-        return self.root / "model.onnx"
+        return deployed_onnx(self.root)
+
+    @property
+    def int8(self) -> Path:
+        """``RUN/model.int8.onnx``: the INT8 form, present only when it kept the validation score."""
+        return int8_path(self.onnx)
+
+    @property
+    def report_json(self) -> Path:
+        """``RUN/report.json``: everything the run measured."""
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        """``RUN/report.md``: the report for people."""
+        return self.root / "report.md"
+
+    @property
+    def curves_png(self) -> Path:
+        """``RUN/curves.png``: the training curves of every stage."""
+        return self.root / "curves.png"
 
     def record(self, **fields: Any) -> None:
         """Update the manifest with ``fields`` (e.g. the deployed stage's files) and write it atomically."""
@@ -212,7 +321,9 @@ def trained_anything(root: Path) -> bool:
 
     A folder whose run stopped before that (bad data, a typo in the command) may be started again with other
     options into the same ``--out``: there is nothing to lose."""
-    return any(root.glob("*/last.safetensors")) or (root / "model.json").is_file()
+    return (
+        any(StageFiles(p).last.is_file() for p in root.glob("*/")) or (root / DEPLOYED).with_suffix(".json").is_file()
+    )
 
 
 def open_run(root: str | Path) -> Run:
@@ -226,9 +337,9 @@ def open_run(root: str | Path) -> Run:
         hint = " (an ONNX file or checkpoint? this command needs the run folder)" if root.is_file() else ""
         raise CheckpointError(f"{root} is not a defectlite run folder (no {CONFIG}){hint}")
     path = root / MANIFEST
-    if not path.is_file():  # a run from before run.json: classification, deployed student (or member0)
+    if not path.is_file():  # a run from before run.json: the default task, deployed student (or member0)
         stage = "student" if (root / "student").is_dir() or not (root / "member0").is_dir() else "member0"
-        return Run(root, {"task": "classify", "deployed_stage": stage, "teacher": None})
+        return Run(root, {"deployed_stage": stage, "teacher": None})
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -238,4 +349,16 @@ def open_run(root: str | Path) -> Run:
     return Run(root, manifest)
 
 
-__all__ = ["Run", "TeacherSource", "create_run", "deployed_stage_of", "open_run"]
+__all__ = [
+    "Run",
+    "StageFiles",
+    "TeacherSource",
+    "create_run",
+    "deployed_onnx",
+    "deployed_stage_of",
+    "int8_path",
+    "is_int8",
+    "is_run",
+    "open_run",
+    "resolve_checkpoint",
+]

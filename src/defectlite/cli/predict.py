@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from defectlite.cli.options import add_command
+from defectlite.cli.options import add_answer_options, add_command, answer_options
 
 
 def register(sub: argparse._SubParsersAction, parents: list) -> None:
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     )
     p.add_argument("--conf", type=float, help="detector: lowest box score shown (default: the model's)")
     p.add_argument("--iou", type=float, help="detector: IoU above which NMS drops a box (default: the model's)")
+    add_answer_options(p)
     p.add_argument(
         "--fp32", action="store_true", help="run model.onnx even when the run deployed model.int8.onnx beside it"
     )
@@ -88,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
             check_writable(path, folder=folder, what=flag)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    given = (("conf", args.conf), ("iou", args.iou), ("min_confidence", args.min_confidence))
-    options = {k: v for k, v in given if v is not None}
+    options = answer_options(args, conf=args.conf, iou=args.iou, min_confidence=args.min_confidence)
     if args.engine == "ray":
         if args.out is not None:
             check_writable(args.out, folder=True, what="--out")

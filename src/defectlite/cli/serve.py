@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from defectlite.cli.options import add_command
+from defectlite.cli.options import add_answer_options, add_command, answer_options
 
 
 def register(sub: argparse._SubParsersAction, parents: list) -> None:
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         help="classifier: answer 'uncertain' below probability P (a number or 'recommended': the run's threshold); "
         "a request may ask for its own with ?min_confidence=",
     )
+    add_answer_options(p)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
     p.add_argument("--max-batch", type=int, default=8, help="most images in one ONNX Runtime call (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait for a batch to fill, in ms")
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "body_idle_timeout_s": args.body_idle_timeout,
         "threads": threads,
         "explain": args.explain,
-        "options": {"min_confidence": args.min_confidence} if args.min_confidence is not None else None,
+        "options": answer_options(args, min_confidence=args.min_confidence) or None,
         "fp32": args.fp32,
     }
     # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment

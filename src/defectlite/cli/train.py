@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from defectlite.cli.options import add_command
-from defectlite.cpus import available_cpus
 
 DEFAULT_RECIPE = "neu-cpu-repnet-fast"
 # options that define a run: given beside --resume they would change it, so they are refused
@@ -179,9 +178,8 @@ def _teacher_source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _relaunch_under_torchrun(args)
     members = _members(args.members)
+    nproc = args.nproc if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ else None
     if args.resume:
         _refuse_with_resume(args)
         from defectlite.pipeline import resume_run, train_members
@@ -194,9 +192,7 @@ def run(args: argparse.Namespace) -> int:
             train_members(run_obj, members, progress=not args.quiet)
             return 0
         _print_main(f"resuming {run_dir}")
-        if args.jobs:
-            _parallel_members(run_obj, args)
-        report = resume_run(run_obj, progress=not args.quiet)
+        report = resume_run(run_obj, progress=not args.quiet, jobs=args.jobs, nproc=nproc)
     else:
         cfg = build_config(args)  # a bad value fails here, before PyTorch is even imported
         from defectlite.pipeline import train_members, train_run
@@ -209,14 +205,12 @@ def run(args: argparse.Namespace) -> int:
         run_dir = dist.broadcast(args.out or default)  # every rank writes to rank 0's folder
         args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
         _print_main(f"run folder: {run_dir}")
-        if members is not None or args.jobs:
-            run_obj = create_run(run_dir, cfg, teacher=teacher, argv=args.argv)
-            if members is not None:
-                train_members(run_obj, members, progress=not args.quiet)
-                _print_main(f"trained member(s) {members} into {run_dir}; distil with --resume {run_dir}")
-                return 0
-            _parallel_members(run_obj, args)
-        report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=args.argv)
+        if members is not None:
+            train_members(create_run(run_dir, cfg, teacher=teacher, argv=args.argv), members, progress=not args.quiet)
+            _print_main(f"trained member(s) {members} into {run_dir}; distil with --resume {run_dir}")
+            return 0
+        report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=args.argv, jobs=args.jobs,
+                           nproc=nproc)  # fmt: skip
     if report is not None:  # rank 0 (or a single process)
         print_summary(report, Path(run_dir))
     return 0
@@ -241,61 +235,9 @@ def _members(text: str | None) -> list[int] | None:
     return out
 
 
-def _relaunch_under_torchrun(args: argparse.Namespace) -> int:
-    """``--nproc N``: run this same command under ``torchrun --standalone --nproc_per_node N`` with the cores
-    split between the processes, and the run folder fixed here so that every rank writes to it."""
-    import subprocess
-    import sys
-
-    argv, skip = [], False
-    for a in args.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if not a.startswith("--nproc="):
-            argv.append(a)
-    if args.out is None and args.resume is None:
-        cfg = build_config(args)
-        argv += ["--out", str(Path("runs") / f"{cfg.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")]
-    cores = available_cpus()
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // args.nproc))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "defectlite.cli.main", *argv]  # fmt: skip
-    print("$", " ".join(cmd[1:]), flush=True)
-    return subprocess.run(cmd, env=env).returncode
-
-
-def _parallel_members(run_obj, args: argparse.Namespace) -> None:
-    """``--jobs J``: train the run's ensemble members J at a time, each in its own process with cores / J
-    threads, then return (the distillation continues in this process)."""
-    import subprocess
-    import sys
-
-    from defectlite.errors import TrainingError
-
-    n = run_obj.config().ensemble.members
-    todo = list(range(n))  # a finished member's job returns at once (its stage resumes to the end)
-    if not n:
-        return
-    jobs = max(1, min(args.jobs, n))
-    cores = available_cpus()
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}
-    groups = [todo[j::jobs] for j in range(jobs) if todo[j::jobs]]
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "defectlite.cli.main", "-q", "train", "--resume", str(run_obj.root),
-                          "--members", ",".join(map(str, g))], env=env)
-        for g in groups
-    ]  # fmt: skip
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise TrainingError(f"member job(s) failed with exit codes {codes}; resume with --resume {run_obj.root}")
-
-
 def print_summary(report: dict, run_dir: Path) -> None:
     """The lines printed after a run: skipped files, the test headline, size, latency, time, where things are."""
+    from defectlite.runs import open_run
     from defectlite.tasks import get_task
 
     skipped = report["data"].get("skipped") or []
@@ -308,4 +250,5 @@ def print_summary(report: dict, run_dir: Path) -> None:
         f"test {get_task(report['task']).headline(report['test'])} | {report['profile']['params_deployed']:,} params | "
         f"ONNX Runtime {b1['median_ms']:.3f} ms/image ({b1['threads']} thread) | {report['wall_minutes']:.1f} min"
     )
-    print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.onnx'}")
+    run = open_run(run_dir)
+    print(f"report: {run.report_md}\nmodel:  {run.onnx}")

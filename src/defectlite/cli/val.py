@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         fp32=args.fp32,
     )
-    from defectlite.deploy.runtime import get_runtime
+    from defectlite.tasks import get_runtime
 
     for line in get_runtime(res["task"]).summary(res):
         print(line)

@@ -105,7 +105,7 @@ def prepare_index(
     If ``splits_csv`` exists it is read back (the run's split, reused); otherwise the split is made
     (deterministic, stratified, or the folder's own; identical files kept together) and written there.
     Shared with detection, which passes each image's dominant box class as its label
-    (:func:`defectlite.data.det_dataset.prepare_detection`).
+    (:func:`defectlite.tasks.detect.dataset.prepare_detection`).
 
     Args:
         index: the listed images (:func:`defectlite.data.readers.read_dataset`).

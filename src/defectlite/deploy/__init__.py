@@ -1,5 +1,6 @@
-"""Deployment: ONNX export with metadata and parity check, and the ONNX Runtime Predictor."""
+"""Deployment: ONNX export with metadata and parity check, the ONNX Runtime Predictor, the HTTP service."""
 
-from defectlite.deploy.predictor import Prediction, Predictor
+from defectlite.deploy.predictor import Predictor
+from defectlite.tasks.classify.runtime import Prediction  # a classifier's answer, re-exported for the public API
 
 __all__ = ["Prediction", "Predictor"]

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,14 +30,16 @@ class MicroBatcher:
     """Queue of (images, future); one worker thread runs ``run`` on concatenated batches.
 
     Args:
-        run: (N, C, H, W) float32 -> (N, K) array; called in the worker thread, one call at a time.
+        run: (N, C, H, W) float32 -> every output of the model, a list of arrays whose first axis is N (a classifier:
+            [logits (N, K)]; a model with several named outputs, all of them); called in the worker thread, one
+            call at a time.
         max_batch: most images per call.
         max_wait_ms: longest wait of the oldest request for others to join (ms; 0 = run what is queued).
         max_queue: most images waiting; :meth:`submit` raises :class:`QueueFull` beyond.
     """
 
     def __init__(
-        self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int, max_wait_ms: float, max_queue: int
+        self, run: Callable[[np.ndarray], Sequence[np.ndarray]], *, max_batch: int, max_wait_ms: float, max_queue: int
     ) -> None:
         self._run = run
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1e3, max_queue
@@ -76,11 +78,12 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, float, int]:
+    async def submit(self, x: np.ndarray) -> tuple[list[np.ndarray], float, int]:
         """Queue images (n, C, H, W) and wait for their rows.
 
         Returns:
-            (output rows (n, K), wall time of the model call in ms, images in that call).
+            (this request's rows of every model output (each (n, ...)), wall time of the model call in ms, images in
+            that call).
 
         Raises:
             QueueFull: ``max_queue`` images already wait.
@@ -156,10 +159,10 @@ class MicroBatcher:
             i = 0
             for xi, fut, _ in batch:
                 if not fut.done():
-                    fut.set_result((out[i : i + len(xi)], ms, len(x)))
+                    fut.set_result(([o[i : i + len(xi)] for o in out], ms, len(x)))
                 i += len(xi)
 
-    def _timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+    def _timed(self, x: np.ndarray) -> tuple[list[np.ndarray], float]:
         t0 = time.perf_counter()
         out = self._run(x)
         return out, (time.perf_counter() - t0) * 1e3

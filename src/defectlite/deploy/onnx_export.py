@@ -23,6 +23,7 @@ from defectlite.data.transforms import normalize
 from defectlite.errors import CheckpointError
 from defectlite.evaluate.profile import count_params
 from defectlite.onnx_file import METADATA_KEY, ort_session
+from defectlite.tasks import task_name
 from defectlite.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def onnx_metadata(card: dict[str, Any], deployed: nn.Module, extra: dict[str, An
         raise CheckpointError(f"cannot export: the model card lacks {sorted(missing)}")
     h, w = card["input_size"]
     return {
-        "task": card.get("task", "classify"),
+        "task": task_name(card),
         "classes": list(card["classes"]),
         "input_size": [h, w],
         "channels": card["in_chans"],
@@ -68,6 +69,7 @@ def export_onnx(
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     extra: dict[str, Any] | None = None,
     output_names: list[str] | None = None,
+    fused: bool = False,
 ) -> Path:
     """Re-parameterise a copy of ``model`` and write it as ONNX (dynamic batch) with its metadata.
 
@@ -81,14 +83,15 @@ def export_onnx(
         opset: ONNX opset (20 has a native Gelu).
         wrap: maps the fused model to the module to export (a task's output wrapper; default: none).
         extra: task fields of the metadata.
-        output_names: ONNX output names (default ``["logits"]``).
+        output_names: ONNX output names (default ``["logits"]``; a task's come from its ``output_names``).
+        fused: ``model`` is already re-parameterised (the pipeline fuses once): export it as it is.
 
     Raises:
         CheckpointError: the card lacks classes, input_size, in_chans, mean or std.
     """
     import onnx
 
-    deployed = reparameterize(model)
+    deployed = model.eval() if fused else reparameterize(model)
     meta = onnx_metadata(card, deployed, extra)
     net = wrap(deployed) if wrap is not None else deployed
     h, w = meta["input_size"]
@@ -128,6 +131,8 @@ def check_parity(
     images: np.ndarray,
     card: dict[str, Any],
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    *,
+    fused: bool = False,
 ) -> float:
     """Max absolute difference of the outputs of ONNX Runtime and the PyTorch deployed model.
 
@@ -135,12 +140,13 @@ def check_parity(
         model: the PyTorch model (fused or not; both are compared to ONNX Runtime in float32).
         images: uint8 (N, C, H, W), real images of the data set.
         wrap: the task's export wrapper (as given to :func:`export_onnx`).
+        fused: ``model`` is already re-parameterised.
 
     Returns:
         max |output_ort - output_torch| over the batch and every output (NaN when either is not finite).
     """
     x = normalize(images, card["mean"], card["std"])
-    net = reparameterize(model)
+    net = model.eval() if fused else reparameterize(model)
     net = wrap(net) if wrap is not None else net
     with torch.no_grad():
         ref = net(torch.from_numpy(x))

@@ -8,7 +8,7 @@ Used by ``defectlite predict``, ``defectlite val`` and the HTTP service; the Pyt
                                               # detector: Detections(boxes, scores, labels)
 
 What an answer is depends on the model's task (its ONNX metadata); the task's runtime
-(:mod:`defectlite.deploy.runtime`) turns the raw outputs into it, so this class never branches on the task.
+(:class:`defectlite.tasks.base.Runtime`) turns the raw outputs into it, so this class never branches on the task.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 
 from defectlite.data.transforms import ImageSource, decode, normalize, to_uint8
-from defectlite.deploy.labels import Prediction, softmax
-from defectlite.deploy.runtime import get_runtime
 from defectlite.errors import CheckpointError, ConfigError, DataError
 from defectlite.onnx_file import ort_session, read_metadata
-
-INT8_SUFFIX = ".int8.onnx"  # the INT8 form a run deploys beside model.onnx when it keeps the validation score
+from defectlite.runs import deployed_onnx, int8_path, is_int8
+from defectlite.tasks import get_runtime, task_name
 
 
 def resolve_model_path(path: str | Path, *, fp32: bool = False) -> Path:
@@ -37,14 +35,13 @@ def resolve_model_path(path: str | Path, *, fp32: bool = False) -> Path:
         CheckpointError: neither exists.
     """
     p = Path(path)
-    if p.is_dir():
-        p = p / "model.onnx"
-    if not fp32 and p.suffix == ".onnx" and not p.name.endswith(INT8_SUFFIX):
-        int8 = p.with_name(p.name.removesuffix(".onnx") + INT8_SUFFIX)
-        if int8.is_file():
-            p = int8
+    folder = p.is_dir()
+    if folder:
+        p = deployed_onnx(p)
+    if not fp32 and p.suffix == ".onnx" and not is_int8(p) and int8_path(p).is_file():
+        p = int8_path(p)
     if not p.is_file():
-        hint = " (run `defectlite export RUN` first)" if p.name == "model.onnx" else ""
+        hint = " (run `defectlite export RUN` first)" if folder else ""
         raise CheckpointError(f"ONNX model not found: {p}{hint}")
     return p
 
@@ -59,7 +56,8 @@ class Predictor:
         threads: ONNX Runtime intra-op threads (default 1: lowest batch-1 latency on small models).
         spinning: let idle ONNX Runtime threads busy-wait (off in the HTTP service, where they would
             take the CPU from the event loop).
-        **options: the task's postprocessing options (detection: ``conf``, ``iou``); others are refused.
+        **options: the task's postprocessing options (its runtime's ``options``, e.g. detection ``conf``, ``iou``), as
+            values or as text (``"0.5"``, parsed by the runtime); others are refused.
 
     Attributes:
         task: the model's task; ``classes``, ``input_size`` (H, W), ``channels``: from its metadata.
@@ -75,13 +73,13 @@ class Predictor:
     ) -> None:
         self.path = resolve_model_path(path, fp32=fp32)
         self.meta = read_metadata(self.path)
-        self.task: str = self.meta["task"]
+        self.task: str = task_name(self.meta)
         self.runtime = get_runtime(self.task)
         unknown = set(options) - set(self.runtime.options)
         if unknown:
             allowed = ", ".join(self.runtime.options) or "none"
             raise ConfigError(f"option(s) {sorted(unknown)} do not apply to a {self.task} model (allowed: {allowed})")
-        self.options = {k: v for k, v in options.items() if v is not None}
+        self.options = {k: self.runtime.option(k, v) for k, v in options.items() if v is not None}
         self.classes: list[str] = list(self.meta["classes"])
         self.input_size: tuple[int, int] = tuple(self.meta["input_size"])
         self.channels: int = int(self.meta["channels"])
@@ -133,7 +131,7 @@ class Predictor:
         return self.session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """The first raw output of a preprocessed batch (classifier: logits (N, K))."""
+        """The first raw output of a preprocessed batch (a classifier's logits (N, K))."""
         return self.run(x)[0]
 
     def answers(self, outputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], **options: Any) -> list[Any]:
@@ -199,7 +197,7 @@ class Predictor:
     def for_scoring(cls, path: str | Path, threads: int = 1, *, fp32: bool = True) -> Predictor:
         """A Predictor with the options scoring uses (detection: every box above 0.001, as mAP needs), on the file
         named (``fp32=False``: the deployed INT8 form when there is one)."""
-        task = read_metadata(resolve_model_path(path, fp32=fp32))["task"]
+        task = task_name(read_metadata(resolve_model_path(path, fp32=fp32)))
         return cls(path, threads=threads, fp32=fp32, **get_runtime(task).eval_options)
 
     def rows(self, images: Sequence[ImageSource], names: Sequence[str]) -> list[tuple[Any, list[dict[str, str]]]]:
@@ -216,4 +214,4 @@ class Predictor:
         return out
 
 
-__all__ = ["Prediction", "Predictor", "resolve_model_path", "softmax"]
+__all__ = ["Predictor", "resolve_model_path"]

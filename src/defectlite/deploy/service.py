@@ -46,11 +46,10 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from defectlite.checkpoint import resolve_checkpoint
 from defectlite.cpus import default_threads
 from defectlite.deploy.batching import MicroBatcher, QueueFull
 from defectlite.deploy.deadlines import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, STATE_KEY
-from defectlite.deploy.predictor import INT8_SUFFIX, Predictor, resolve_model_path
+from defectlite.deploy.predictor import Predictor, resolve_model_path
 from defectlite.deploy.uploads import (
     FIELD,
     MULTIPART_SCHEMA,
@@ -64,6 +63,7 @@ from defectlite.deploy.uploads import (
     read_body,
 )
 from defectlite.errors import CheckpointError, ConfigError, DataError, missing_train_extra
+from defectlite.runs import is_int8, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _load_explainer(model_path: Path, predictor: Predictor) -> tuple[Any, str]:
     if same != [predictor.classes, predictor.input_size, predictor.channels]:
         return None, "the PyTorch checkpoint beside the ONNX file has other classes, input size or channels"
     x = np.random.default_rng(0).standard_normal((1, predictor.channels, *predictor.input_size)).astype(np.float32)
-    fp32 = predictor if not predictor.path.name.endswith(INT8_SUFFIX) else Predictor(model_path, fp32=True)
+    fp32 = predictor if not is_int8(predictor.path) else Predictor(model_path, fp32=True)
     with torch.no_grad():
         diff = float(np.abs(explainer.model(torch.from_numpy(x)).numpy() - fp32.logits(x)).max())
     if diff > PARITY_TOL_EXPLAIN:
@@ -188,8 +188,8 @@ def create_app(
     predictor = Predictor(model_path, threads=threads, spinning=False, fp32=fp32, **(options or {}))
     fp32_path = resolve_model_path(model_path, fp32=True)  # Grad-CAM's checkpoint sits beside the FP32 file
     explainer, no_explain = _load_explainer(fp32_path, predictor) if explain else (None, "explain is switched off")
-    batcher = MicroBatcher(  # the raw model output; the task's runtime turns each image's rows into its answer
-        lambda x: predictor.run(x)[0], max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
+    batcher = MicroBatcher(  # every raw model output; the task's runtime turns each image's rows into its answer
+        predictor.run, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
     )
     static = _load_static()
     meta = predictor.meta
@@ -261,7 +261,7 @@ def create_app(
         """Class, probabilities and model latency (ms, of the batched ONNX Runtime call) per image; a classifier's
         answer is ``uncertain`` (the top classes still given) below ``min_confidence`` (query or form field)."""
         parts, files = await read_images(request)
-        asked = request_options(parts, request.query_params, predictor.runtime.options)
+        asked = request_options(parts, request.query_params, predictor.runtime)
         # small uploads (a camera frame: ~0.3 ms to decode) are decoded on the event loop; a thread hop
         # costs about as much and contends for the GIL; large ones go to a worker thread
         small = sum(len(f.data) for f in files) <= INLINE_DECODE_BYTES
@@ -272,7 +272,7 @@ def create_app(
             raise ApiError(503, "busy", f"the model is busy, try again ({e})") from None
         results = [
             {"file": f.filename, **predictor.as_dict(a), "latency_ms": round(latency_ms, 3), "batch_size": batch_size}
-            for f, a in zip(files, predictor.answers([rows], sizes, **asked))
+            for f, a in zip(files, predictor.answers(rows, sizes, **asked))
         ]
         return JSONResponse({"model": meta.get("model"), "task": predictor.task, "results": results})
 
@@ -308,6 +308,8 @@ def create_app(
         return {
             "model": meta.get("model"),
             "task": predictor.task,
+            "view": predictor.runtime.view,  # how the page draws an answer: labels or boxes
+            "options": list(predictor.runtime.options),
             "file": predictor.path.name,  # model.onnx, or its INT8 form model.int8.onnx
             "classes": predictor.classes,
             "input_size": list(predictor.input_size),
@@ -344,22 +346,16 @@ def create_app(
 INLINE_DECODE_BYTES = 256 * 1024  # uploads up to this size are decoded without a thread hop
 
 
-def request_options(parts: list[Part], query: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The answer options a request asks for (query parameters, then form fields), among ``allowed``.
+def request_options(parts: list[Part], query: Any, runtime: Any) -> dict[str, Any]:
+    """The answer options a request asks for (query parameters, then form fields), among ``runtime.options``, each
+    parsed by the runtime (:meth:`~defectlite.tasks.base.Runtime.option`).
 
     Raises:
-        ApiError: 422 for a value that is not a number (``recommended`` is allowed for ``min_confidence``).
+        ConfigError: a value the runtime refuses (the app answers 422 ``bad_option``).
     """
-    out: dict[str, Any] = {k: query[k] for k in allowed if k in query}
-    out |= {p.name: p.data.decode("utf-8", "replace") for p in parts if p.name in allowed}
-    for k, v in out.items():
-        if v == "recommended" and k == "min_confidence":
-            continue
-        try:
-            out[k] = float(v)
-        except ValueError:
-            raise ApiError(422, "bad_option", f"{k} must be a number, got {v!r}") from None
-    return out
+    out: dict[str, Any] = {k: query[k] for k in runtime.options if k in query}
+    out |= {p.name: p.data.decode("utf-8", "replace") for p in parts if p.name in runtime.options}
+    return {k: runtime.option(k, v) for k, v in out.items()}
 
 
 def _static_response(static: dict[str, tuple[bytes, str]], name: str) -> Response:

@@ -129,7 +129,8 @@ class Explainer:
         layer: module name for Grad-CAM (default: :func:`find_target_layer`).
 
     Raises:
-        CheckpointError: the card lacks a needed key.
+        CheckpointError: the card lacks a needed key, or the model does not output one score per class (a
+            detector).
         ConfigError: ``layer`` is not a module of the model.
     """
 
@@ -142,6 +143,14 @@ class Explainer:
         self.input_size: tuple[int, int] = (int(card["input_size"][0]), int(card["input_size"][1]))
         self.channels = int(card["in_chans"])
         shape = (self.channels, *self.input_size)
+        with torch.no_grad():
+            probe = model(torch.zeros(1, *shape))
+        if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != (1, len(self.classes)):
+            got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+            raise CheckpointError(
+                f"Grad-CAM explains models with one score per class (N, {len(self.classes)}); "
+                f"{card.get('model', 'this model')} ({card.get('task')}) outputs {got}"
+            )
         if layer is None:
             self.layer_name, self.layer = find_target_layer(model, shape)
         else:
@@ -157,17 +166,14 @@ class Explainer:
         """Load the model of a run folder, an ONNX file's sibling checkpoint, or a checkpoint stem.
 
         Raises:
-            CheckpointError: see :mod:`defectlite.checkpoint` (resolve_checkpoint, load_checkpoint).
+            CheckpointError: see :func:`defectlite.runs.resolve_checkpoint` and :mod:`defectlite.compress.restore`.
         """
-        from defectlite.checkpoint import resolve_checkpoint
         from defectlite.compress.restore import load_checkpoint
-        from defectlite.runs import open_run
+        from defectlite.runs import is_run, open_run, resolve_checkpoint
 
         p = Path(path)
-        stem = open_run(p).deployed if p.is_dir() and (p / "config.yaml").is_file() else p
+        stem = open_run(p).deployed if is_run(p) else p
         model, card = load_checkpoint(resolve_checkpoint(stem))
-        if card.get("task", "classify") != "classify":
-            raise CheckpointError(f"{path}: Grad-CAM explains classifiers; this is a {card['task']} model")
         return cls(model, card, layer)
 
     def class_index(self, name: str) -> int:
@@ -320,49 +326,3 @@ def feature_grid_png(image: np.ndarray, maps: Sequence[tuple[str, np.ndarray]], 
 def write_png(path: str | Path, data: bytes) -> Path:
     """Write PNG bytes atomically; returns the path."""
     return atomic_write(path, lambda p: p.write_bytes(data))
-
-
-def explain_per_class(
-    run_dir: str | Path, out_dir: str | Path | None = None, *, split: str = "test"
-) -> dict[str, Path]:
-    """One Grad-CAM figure per class for a run's report (image | overlay, :func:`side_by_side`):
-    ``<out_dir>/gradcam_<class>.png``.
-
-    For each class, the first image of ``split`` (from ``splits.csv``) that the deployed model
-    classifies correctly is explained for its true class (the first image of the class when none is
-    right). Classes without an image in ``split`` are left out.
-
-    Args:
-        run_dir: a run folder holding ``config.yaml``, ``splits.csv``, ``model.json`` and ``model.safetensors``.
-        out_dir: where to write (default ``run_dir``).
-
-    Returns:
-        class name -> PNG path, in class order.
-
-    Raises:
-        CheckpointError: no deployed checkpoint in ``run_dir``.
-        DataError, ConfigError: the split or the recipe cannot be read, or an image is gone.
-    """
-    from defectlite.data.locate import resolve_data_path
-    from defectlite.data.splits import read_splits_csv
-    from defectlite.runs import open_run
-
-    run = open_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.root
-    explainer = Explainer.from_checkpoint(run.deployed)
-    root = resolve_data_path(run.config().data.path)
-    samples, _ = read_splits_csv(run.splits_csv, root, explainer.classes)
-    written: dict[str, Path] = {}
-    for index, cls in enumerate(explainer.classes):
-        paths = [s.path for s in samples if s.split == split and s.label == index]
-        chosen = None
-        for path in paths:
-            expl = explainer.explain(path, cls)
-            chosen = chosen or expl
-            if expl.predicted == cls:
-                chosen = expl
-                break
-        if chosen is not None:
-            written[cls] = write_png(out / f"gradcam_{cls}.png", png_bytes(side_by_side(chosen)))
-    log.info("Grad-CAM: %d overlays in %s (layer %s)", len(written), out, explainer.layer_name)
-    return written

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from defectlite.runs import Run
 from defectlite.utils import atomic_write, atomic_write_json, atomic_write_text
 
 
@@ -68,7 +69,7 @@ def write_confusion(
     save_figure(fig, stem.with_suffix(".png"), dpi=120)
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f} %"
 
 
@@ -84,21 +85,6 @@ def _num(x: float | int | None, unit: str = "", digits: int = 3) -> str:
     if isinstance(x, int) or float(x).is_integer():
         return f"{int(x):,}{unit}"
     return f"{x:.{digits}g}{unit}"
-
-
-def write_confusion_pair(
-    confusion: Sequence[Sequence[int]], classes: Sequence[str], stem: Path, title: str = ""
-) -> dict:
-    """Counts and row-normalised confusion matrices: ``<stem>.png/.csv`` and ``<stem>_norm.png/.csv``.
-
-    Returns:
-        ``{"counts": "<stem>.png", "normalized": "<stem>_norm.png"}`` (file names).
-    """
-    stem = Path(stem)
-    norm = stem.with_name(stem.name + "_norm")
-    write_confusion(confusion, classes, stem, f"{title} (counts)".strip())
-    write_confusion(confusion, classes, norm, f"{title} (share of each true class)".strip(), normalize=True)
-    return {"counts": stem.with_suffix(".png").name, "normalized": norm.with_suffix(".png").name}
 
 
 def write_curves(histories: dict[str, list[dict[str, float]]], png_path: Path) -> Path | None:
@@ -132,45 +118,6 @@ def write_curves(histories: dict[str, list[dict[str, float]]], png_path: Path) -
     return png_path
 
 
-def classification_lines(test: dict[str, Any], test_all: dict[str, dict[str, Any]]) -> list[str]:
-    """The test section of a classification run's ``report.md``."""
-    lines = ["## Test split", "", "| model | accuracy | MCC | macro F1 |", "|---|---|---|---|"]
-    for name, m in test_all.items():
-        lines.append(f"| {name} | {_pct(m['accuracy'])} | {_pct(m['mcc'])} | {_pct(m['macro_f1'])} |")
-    lines += [
-        "",
-        "Per class (deployed model):",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    for c, m in test["per_class"].items():
-        lines.append(f"| {c} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |")
-    return [*lines, ""]
-
-
-def _figures_lines(figures: dict[str, Any]) -> list[str]:
-    lines = []
-    if "confusion" in figures:
-        c = figures["confusion"]
-        lines += ["Confusion matrix of the deployed model on test (counts | share of each true class):", ""]
-        lines += [
-            "| counts | normalised |",
-            "|---|---|",
-            f"| ![counts]({c['counts']}) | ![normalised]({c['normalized']}) |",
-            "",
-        ]
-    if figures.get("curves"):
-        lines += ["## Training curves", "", f"![training curves]({figures['curves']})", ""]
-    if figures.get("gradcam"):
-        cams = figures["gradcam"]
-        lines += ["## Where the model looks", "", "Grad-CAM on one test image per class (image | overlay; a correctly "
-                  "classified image where there is one):", ""]  # fmt: skip
-        lines += [f"| {' | '.join(cams)} |", f"|{'---|' * len(cams)}"]
-        lines += ["| " + " | ".join(f"![{c}]({png})" for c, png in cams.items()) + " |", ""]
-    return lines
-
-
 def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
     """The human-readable report of a run (``report.json`` holds the same and more).
 
@@ -181,7 +128,7 @@ def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
     prof, data = r["profile"], r["data"]
     counts = data["counts"]
     lines = [
-        f"# defectlite run: {r['recipe']} (task {r.get('task', 'classify')}, seed {r['seed']})",
+        f"# defectlite run: {r['recipe']} (task {r['task']}, seed {r['seed']})",
         "",
         f"Data: `{data['root']}` ({data['format']} layout), {len(data['classes'])} classes; "
         f"split train/val/test = {counts['train']}/{counts['val']}/{counts['test']} "
@@ -197,7 +144,9 @@ def render_markdown(r: dict[str, Any], task_lines: Sequence[str] = ()) -> str:
     if data.get("skipped"):
         lines.append(f"Skipped unreadable images: {len(data['skipped'])} (listed in report.json).")
     lines += [f"**Warning:** {w}." for w in data.get("warnings", [])]
-    lines += ["", *task_lines, *_figures_lines(r.get("figures", {}))]
+    lines += ["", *task_lines]
+    if r.get("figures", {}).get("curves"):
+        lines += ["## Training curves", "", f"![training curves]({r['figures']['curves']})", ""]
     lines += [
         "## Training",
         "",
@@ -286,7 +235,7 @@ def _paper_table(r: dict[str, Any]) -> list[str]:
         if key in labels:
             continue
         shown = (
-            _pct(value)
+            pct(value)
             if isinstance(value, float) and value <= 1
             else _num(value)
             if isinstance(value, (int, float))
@@ -296,10 +245,10 @@ def _paper_table(r: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def write_report(run_dir: Path, report: dict[str, Any], task_lines: Sequence[str] = ()) -> None:
-    """Write ``report.json`` and ``report.md`` (with the task's sections) into ``run_dir`` (atomically)."""
-    atomic_write_json(run_dir / "report.json", report)
-    atomic_write_text(run_dir / "report.md", render_markdown(report, task_lines))
+def write_report(run: Run, report: dict[str, Any], task_lines: Sequence[str] = ()) -> None:
+    """Write the run's ``report.json`` and ``report.md`` (with the task's sections), atomically."""
+    atomic_write_json(run.report_json, report)
+    atomic_write_text(run.report_md, render_markdown(report, task_lines))
 
 
 def write_gamma_plot(npz_path: Path, png_path: Path) -> Path:

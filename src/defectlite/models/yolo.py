@@ -3,8 +3,8 @@
 Every detector maps x float (N, C, H, W), H and W multiples of 32, to a list of 3 raw head maps
 ``(N, A * (5 + K), H / s, W / s)`` for strides ``s = 8, 16, 32`` (A = 3 anchors per level), in
 training and in eval mode alike. Per anchor the 5 + K channels are ``tx, ty, tw, th, t_obj,
-t_cls_1..K``; they decode (YOLOv5, also in :mod:`defectlite.train.det_loss` and, for deployment
-and validation, :func:`defectlite.deploy.det_decode.decode`) to
+t_cls_1..K``; they decode (YOLOv5, also in :mod:`defectlite.tasks.detect.loss` and, for deployment
+and validation, :func:`defectlite.tasks.detect.decode.decode`) to
 
     x, y = (2 * sigmoid(tx, ty) - 0.5 + cell) * s       box centre, input pixels
     w, h = (2 * sigmoid(tw, th)) ** 2 * anchor_wh       input pixels (at most 4 x the anchor)
@@ -42,7 +42,7 @@ NUM_ANCHORS = 3
 # Hand-set for NEU-DET-like steel defects resized from 200 to 320 px (not clustered: NEU-DET's boxes
 # range from ~20 px inclusions to full-width scratch / crazing strips, and many are elongated, so each
 # level holds a horizontal, a vertical and a square anchor). Sorted by area, 3 per stride 8 / 16 / 32.
-# Re-cluster on your own boxes with defectlite.data.anchors.kmeans_anchors (paper §2.1.2, Eq. 1-5).
+# Re-cluster on your own boxes with defectlite.tasks.detect.anchors.kmeans_anchors (paper §2.1.2, Eq. 1-5).
 NEU_ANCHORS_320 = [[16, 28], [40, 18], [30, 56], [72, 40], [48, 110], [110, 96], [240, 72], [90, 250], [220, 230]]
 OBJECTS_PER_640 = 8  # YOLOv5's objectness prior: ~8 objects in a 640 x 640 image
 
@@ -132,7 +132,7 @@ class YoloDetector(nn.Module):
         return self.head_convs()
 
     def decode_meta(self, input_size: Sequence[int], classes: Sequence[str]) -> dict:
-        """The ``meta`` dict :func:`defectlite.deploy.det_decode.postprocess` needs (and the ONNX metadata holds)."""
+        """The ``meta`` dict :func:`defectlite.tasks.detect.decode.postprocess` needs (and the ONNX metadata holds)."""
         return {
             "anchors": self.anchors.flatten(0, 1).tolist(),
             "strides": list(self.strides),

@@ -9,7 +9,7 @@ fewer (63,953,265).
 
 Where it differs from the paper's network: the heads decode as YOLOv5 (``(2 sigmoid)^2 * anchor``
 sizes, ``2 sigmoid - 0.5`` offsets; Darknet YOLOv4 uses ``exp(t) * anchor`` and ``scale_x_y``) and
-train with the YOLOv5 assignment and loss of :mod:`defectlite.train.det_loss`, so Darknet weights
+train with the YOLOv5 assignment and loss of :mod:`defectlite.tasks.detect.loss`, so Darknet weights
 do not load into it; there is no ImageNet pre-training; the default anchors are the paper's
 K-means++ anchors (§2.1.2, 416 px) sorted by area.
 """

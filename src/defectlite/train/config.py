@@ -1,6 +1,6 @@
 """Recipe configuration: dataclasses with commented defaults, filled from YAML, strict ``--set`` overrides.
 
-A recipe is a YAML file (shipped ones live in ``defectlite/train/recipes``); every key must be a
+A recipe is a YAML file (each task ships its own in ``defectlite/tasks/<task>/recipes``); every key must be a
 field below, and ``--set student.optim.epochs=30`` checks that the key exists and the value's
 type matches. The resolved config is written to ``<run>/config.yaml``.
 """
@@ -15,13 +15,13 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 
 from defectlite.errors import ConfigError
+from defectlite.tasks import DEFAULT_TASK, recipe_dirs
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class RecipeCfg:
 
     name: str = "custom"
     description: str = ""
-    task: str = "classify"  # what the run learns: a registered task (`defectlite.tasks`): classify | detect
+    task: str = DEFAULT_TASK  # what the run learns: a task of the table `defectlite.tasks` (classify, detect, ...)
     seed: Annotated[int, NonNegative] = 0  # split seed and training seed
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:<i>
     threads: Annotated[int, NonNegative] = 0  # PyTorch intra-op threads for training (0 = all cores)
@@ -416,10 +416,25 @@ def scale_epochs(cfg: RecipeCfg, epochs: int) -> list[str]:
     return sets
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every recipe shipped with defectlite: each task ships its own, in ``tasks/<task>/recipes/``.
+
+    Raises:
+        ConfigError: two tasks ship recipes of the same name.
+    """
+    out: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            name = path.name.removesuffix(".yaml")
+            if name in out:
+                raise ConfigError(f"recipe {name!r} is shipped twice: {out[name]} and {path}")
+            out[name] = path
+    return out
+
+
 def list_recipes() -> list[str]:
     """Names of the recipes shipped with defectlite."""
-    folder = resources.files("defectlite.train") / "recipes"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(shipped_recipes())
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> RecipeCfg:
@@ -434,8 +449,8 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
             raise ConfigError(f"recipe file not found: {path}")
         text = path.read_text()
     else:
-        res = resources.files("defectlite.train") / "recipes" / f"{name_or_path}.yaml"
-        if not res.is_file():
+        res = shipped_recipes().get(str(name_or_path))
+        if res is None:
             raise ConfigError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(list_recipes())}")
         text = res.read_text()
     try:

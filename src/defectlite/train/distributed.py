@@ -55,6 +55,11 @@ def world() -> World:
     return World()
 
 
+def under_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (its environment names a world size)."""
+    return "WORLD_SIZE" in os.environ
+
+
 def init_from_env(device: str = "auto") -> World:
     """Join the ``torchrun`` job described by the environment (``WORLD_SIZE`` > 1), once; else stay single.
 

@@ -81,9 +81,24 @@ class StageData(Protocol):
         """Called before each epoch (e.g. mosaic switched off for the last epochs)."""
 
 
+class StageFolder(Protocol):
+    """The files of a stage folder the loop writes (:class:`defectlite.runs.StageFiles` is the one the run folder
+    uses): ``root``; ``best`` (checkpoint stem of the selected epoch), ``last`` (the resume state), ``metrics``
+    (CSV, a row per epoch), ``ddp`` (replica digests), ``epoch(i)`` (checkpoint stem of epoch i)."""
+
+    root: Path
+    best: Path
+    last: Path
+    metrics: Path
+    ddp: Path
+
+    def epoch(self, index: int) -> Path: ...
+
+
 @dataclass
 class FitResult:
-    """What :func:`fit` leaves behind in ``out_dir``: ``best.*``, ``last.safetensors``, ``metrics.csv``."""
+    """What :func:`fit` leaves behind in the stage folder ``out_dir``: the best checkpoint, the training state and the
+    per-epoch metrics (:class:`StageFolder`)."""
 
     out_dir: Path
     best_epoch: int
@@ -201,7 +216,7 @@ def _weights_finite(model: nn.Module) -> bool:
 
 
 def commit_epoch(
-    out_dir: Path,
+    files: StageFolder,
     *,
     model: nn.Module,
     eval_model: nn.Module,
@@ -224,10 +239,10 @@ def commit_epoch(
     if improved:
         best_weights = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
     if save_period and (state.epoch + 1) % save_period == 0:
-        save_checkpoint(out_dir / "epochs" / f"epoch{state.epoch:03d}", eval_model, {**card, **history[-1]})
-    _write_history(out_dir / "metrics.csv", history)
+        save_checkpoint(files.epoch(state.epoch), eval_model, {**card, **history[-1]})
+    _write_history(files.metrics, history)
     save_state(
-        out_dir / "last.safetensors",
+        files.last,
         model=model,
         best_model=best_weights,
         optimizer=opt,
@@ -236,11 +251,11 @@ def commit_epoch(
         state=state,
     )
     if improved:
-        write_best(out_dir / "best", best_weights, card, state.best)
+        write_best(files.best, best_weights, card, state.best)
     return best_weights
 
 
-def _check_replicas(model: nn.Module, out_dir: Path, w: dist.World) -> None:
+def _check_replicas(model: nn.Module, files: StageFolder, w: dist.World) -> None:
     """After data-parallel training: every rank must hold the same parameters (recorded in ``ddp.json``).
 
     Raises:
@@ -250,7 +265,7 @@ def _check_replicas(model: nn.Module, out_dir: Path, w: dist.World) -> None:
 
     digests = dist.gather(dist.params_digest(model))
     if w.main:
-        atomic_write_text(out_dir / "ddp.json", json.dumps({"world_size": w.size, "param_digests": digests}) + "\n")
+        atomic_write_text(files.ddp, json.dumps({"world_size": w.size, "param_digests": digests}) + "\n")
     if len(set(digests)) > 1:
         raise TrainingError(f"data-parallel ranks ended with different parameters: {digests}")
 
@@ -260,7 +275,7 @@ def fit(
     data: StageData,
     objective: nn.Module,
     cfg: OptimCfg,
-    out_dir: Path,
+    files: StageFolder,
     *,
     seed: int = 0,
     card: dict[str, Any],
@@ -272,7 +287,7 @@ def fit(
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` and keep the epoch with the best validation score (ties: the latest).
 
-    Resumes from ``<out_dir>/last.safetensors`` when present — weights, optimizer state, weight average,
+    Resumes from ``files.last`` when present — weights, optimizer state, weight average,
     random generators, epoch, selection so far — so an interrupted stage finishes with the same weights as
     an uninterrupted one; returns at once when the stage already finished.
 
@@ -281,7 +296,7 @@ def fit(
         data: the task's training and validation data (:class:`StageData`).
         objective: ``objective(outputs, inputs, target) -> {"loss": scalar, ...}``.
         cfg: optimiser and schedule.
-        out_dir: stage folder for checkpoints and ``metrics.csv``.
+        files: the stage folder's files (:class:`defectlite.runs.StageFiles`: best, last, metrics, ...).
         seed: seeds the batch order (the caller seeds initialisation and augmentation).
         card: checkpoint card fields of ``best`` (model name, kwargs, classes, input size, ...).
         desc: stage name, for progress and errors.
@@ -297,7 +312,7 @@ def fit(
     w = dist.world()
     dist.check_batch(cfg.batch_size)
     progress = progress and w.main
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.root.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     amp = resolve_amp(cfg.amp, dev)  # once, not per step
     memory_format = resolve_memory_format(model, cfg.channels_last, dev)
@@ -310,15 +325,15 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     averager = WeightAverage(model, cfg)
     state, best_weights = StageState(), {}
-    if (out_dir / "last.safetensors").is_file():
-        state, best_weights, average = load_state(out_dir / "last.safetensors", model=model, optimizer=opt,
+    if files.last.is_file():
+        state, best_weights, average = load_state(files.last, model=model, optimizer=opt,
                                                   generator=generator)  # fmt: skip
         averager.load_state(average)
         if state.best.epoch >= 0 and w.main:
-            write_best(out_dir / "best", best_weights, card, state.best)  # in step with the committed state
+            write_best(files.best, best_weights, card, state.best)  # in step with the committed state
         if state.epoch + 1 < cfg.epochs:
             log.info("%s: resuming at epoch %d of %d", desc, state.epoch + 2, cfg.epochs)
-    history = [h for h in read_history(out_dir / "metrics.csv") if h["epoch"] <= state.epoch]
+    history = [h for h in read_history(files.metrics) if h["epoch"] <= state.epoch]
     train_model = dist.wrap(model, dev)  # DistributedDataParallel under torchrun, else the model itself
     for epoch in range(state.epoch + 1, cfg.epochs):
         if cfg.time_limit_minutes and dist.broadcast(_out_of_time(cfg, state, history)):
@@ -330,13 +345,13 @@ def fit(
         dist.seed_rank(seed, epoch)
         row: dict[str, float] = {"epoch": epoch}
         row |= train_epoch(train_model, objective, data, opt, averager, cfg, epoch, generator=generator, device=dev,
-                           amp=amp, desc=desc, out_dir=out_dir, progress=progress,
+                           amp=amp, desc=desc, out_dir=files.root, progress=progress,
                            memory_format=memory_format)  # fmt: skip
         dist.average_buffers(model)
         averager.after_epoch(model, epoch, lambda: data.clean_batches(dev))
         eval_model = averager.eval_model(model, epoch)
         finite = 0.0 if _weights_finite(model) and _weights_finite(eval_model) else math.nan
-        _check_finite(finite, desc, epoch, data.train_size // cfg.batch_size - 1, cfg, out_dir)
+        _check_finite(finite, desc, epoch, data.train_size // cfg.batch_size - 1, cfg, files.root)
         row = dist.broadcast(row | data.validate(eval_model, amp) if w.main else row)  # rank 0 validates
         row["epoch_s"] = time.perf_counter() - t0
         history.append(row)
@@ -350,7 +365,7 @@ def fit(
             on_epoch_end(epoch, model)
         if w.main:
             best_weights = commit_epoch(
-                out_dir, model=model, eval_model=eval_model, opt=opt, averager=averager, generator=generator,
+                files, model=model, eval_model=eval_model, opt=opt, averager=averager, generator=generator,
                 state=state, history=history, card=card, improved=improved, best_weights=best_weights,
                 save_period=save_period,
             )  # fmt: skip
@@ -364,7 +379,7 @@ def fit(
             row["epoch_s"],
         )
     if w.distributed:
-        _check_replicas(model, out_dir, w)
+        _check_replicas(model, files, w)
     model.to(memory_format=torch.contiguous_format)  # callers (export, pruning) get the usual layout back
     b = state.best
-    return FitResult(out_dir, b.epoch, b.score, b.loss, state.train_seconds, data.score_name, history, amp)
+    return FitResult(files.root, b.epoch, b.score, b.loss, state.train_seconds, data.score_name, history, amp)

@@ -24,17 +24,17 @@ from torch import nn
 
 from defectlite.checkpoint import save_checkpoint
 from defectlite.compress.channel_prune import channel_counts, prune_channels
-from defectlite.compress.int8 import calibration_subset, quantize_onnx
 from defectlite.compress.layer_prune import no_blocks_message, prune_layers, residual_blocks
 from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
-from defectlite.data.transforms import normalize
 from defectlite.errors import ConfigError
 from defectlite.evaluate.profile import onnx_cost
 from defectlite.evaluate.report import write_gamma_plot
-from defectlite.pipeline import export_and_check, train_stage
+from defectlite.pipeline import export_and_check, open_context, quantize_and_score, train_stage
+from defectlite.pipeline.deployment import fuse
 from defectlite.runs import open_run
 from defectlite.tasks import get_task
+from defectlite.tasks.base import Task
 from defectlite.utils import atomic_write_json, atomic_write_text
 from defectlite.workflows.validation import score_run_splits
 
@@ -84,6 +84,7 @@ def prune_run(
     """
     run = open_run(run_dir)
     cfg, task = run.config(), get_task(run.task)
+    task.check_config(cfg)
     original, card = load_checkpoint(run.best())
     h, w = cfg.data.input_size
     shape = (1, cfg.data.channels, h, w)
@@ -95,17 +96,20 @@ def prune_run(
         raise ConfigError(f"{card['model']}: {no_blocks_message(layers, have)}")
     out = run.root / (out_name or prune_folder(ratio, layers, round_to))
     out.mkdir(parents=True, exist_ok=True)
-    data = task.load_data(cfg, run, progress=False)
+    ctx = open_context(run, progress=False)
+    ctx.progress = progress
+    data = ctx.data
     val_images = task.split_truth(data, "val")[0][:32]
     rows: dict[str, dict[str, Any]] = {}
 
     def record(name: str, model: nn.Module, mcard: dict[str, Any]) -> None:
         save_checkpoint(out / name, model, mcard)
         onnx_path = out / f"{name}.onnx"
-        parity = export_and_check(onnx_path, model, mcard, task, val_images)
+        deployed = fuse(model, mcard)
+        parity = export_and_check(onnx_path, deployed, task, val_images)
         rows[name] = {
             **_split_scores(score_run_splits(onnx_path, task, data), task),
-            **onnx_cost(onnx_path, model, shape, threads, 64),
+            **onnx_cost(onnx_path, deployed.fused, shape, threads, 64),
             "parity_max_abs_diff": parity["max_abs_diff"],
         }
         log.info("%s: %s", name, rows[name])
@@ -138,25 +142,26 @@ def prune_run(
         ),
     )
     teacher = reparameterize(original)
-    card_all = task.card(cfg, data)
     for name, t in (("finetuned", None), ("finetuned_kd", teacher if distill else None)):
         if name == "finetuned_kd" and not distill:
             continue
         tuned = copy.deepcopy(pruned)
-        train_stage(run, f"{out.name}/{name}_train", stage, cfg, task, data, card_all, teacher=t, model=tuned,
-                    model_card=pcard, progress=progress)  # fmt: skip
-        best, bcard = load_checkpoint(out / f"{name}_train" / "best")
+        stage_name = f"{out.name}/{name}_train"
+        train_stage(ctx, stage_name, stage, teacher=t, model=tuned, model_card=pcard)
+        best, bcard = load_checkpoint(run.stage(stage_name).best)
         record(name, best, bcard)
     last = "finetuned_kd" if distill else "finetuned"
-    x_cal = calibration_subset(task.split_truth(data, "train")[0], cfg.int8.calib_images, cfg.seed)
-    int8 = quantize_onnx(out / f"{last}.onnx", out / f"{last}_int8.onnx", normalize(x_cal, card["mean"], card["std"]))
+    int8 = out / f"{last}_int8.onnx"
+    q = cfg.int8
+    quantize_and_score(out / f"{last}.onnx", int8, task, data, calib_images=q.calib_images, seed=cfg.seed,
+                       min_reduction=q.min_reduction)  # fmt: skip
     rows[f"{last}_int8"] = {
         **_split_scores(score_run_splits(int8, task, data), task),
         **onnx_cost(int8, None, shape, threads, 64),
         "params": rows[last]["params"],
         "macs": rows[last]["macs"],
     }
-    gammas = run.stage_dir(run.deployed_stage) / "gammas.npz"
+    gammas = run.stage(run.deployed_stage).gammas
     gamma_png = write_gamma_plot(gammas, out / "gammas.png") if gammas.is_file() else None
     report = {
         "run": str(run.root),
@@ -186,14 +191,12 @@ def prune_folder(ratio: float, layers: int, round_to: int | None = None) -> str:
     return f"prune-r{ratio:g}-l{layers}" + (f"-c{round_to}" if round_to else "")
 
 
-def _split_scores(scores: dict[str, dict[str, Any]], task: Any) -> dict[str, Any]:
-    """The headline metric of val and test as flat row fields (``val_score``, ``test_score``, ``test_mcc`` ...)."""
-    key = task.runtime.score_key
-    row = {"score_name": key, "val_score": scores["val"][key], "test_score": scores["test"][key]}
-    for extra in ("mcc", "map"):  # MCC of a classifier, mAP@0.5:0.95 of a detector
-        if extra in scores["test"]:
-            row[f"test_{extra}"] = scores["test"][extra]
-    return row
+def _split_scores(scores: dict[str, dict[str, Any]], task: Task) -> dict[str, Any]:
+    """The headline metric of val and test as flat row fields (``val_score``, ``test_score``) and the task's second
+    metric on test (``test_mcc`` of a classifier, ``test_map`` of a detector)."""
+    key, second = task.score_key, task.runtime.secondary_key
+    return {"score_name": key, "val_score": scores["val"][key], "test_score": scores["test"][key],
+            f"test_{second}": scores["test"].get(second)}  # fmt: skip
 
 
 def render_prune_report(r: dict[str, Any]) -> str:

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from defectlite.compress.int8 import calibration_subset, quantize_onnx
-from defectlite.data.transforms import normalize
 from defectlite.evaluate.profile import onnx_cost
 from defectlite.onnx_file import read_metadata
-from defectlite.runs import open_run
-from defectlite.tasks import get_task
-from defectlite.workflows.validation import score_run_splits
+from defectlite.pipeline import open_context, quantize_and_score
+from defectlite.runs import int8_path, open_run
 
 
 def quantize_and_compare(
@@ -40,20 +37,14 @@ def quantize_and_compare(
     """
     model = Path(model)
     meta = read_metadata(model)
-    run = open_run(calib_run)
-    cfg, task = run.config(), get_task(run.task)
-    data = task.load_data(cfg, run, progress=False)
-    x_cal = calibration_subset(task.split_truth(data, "train")[0], images, cfg.seed)
-    x_cal = normalize(x_cal, meta["mean"], meta["std"])
-    out = Path(out or model.with_suffix(".int8.onnx"))
-    quantize_onnx(model, out, x_cal, per_channel=per_channel, method=method, min_reduction=min_reduction)
+    ctx = open_context(open_run(calib_run), progress=False)
+    out = Path(out or int8_path(model))
+    res = quantize_and_score(model, out, ctx.task, ctx.data, calib_images=images, seed=ctx.cfg.seed,
+                             min_reduction=min_reduction, method=method, per_channel=per_channel)  # fmt: skip
     shape = (1, meta["channels"], *meta["input_size"])
-    key = task.runtime.score_key
-    res: dict[str, Any] = {"score_key": key}
+    cmp: dict[str, Any] = {"score_key": res["score_key"]}
     for name, path in (("fp32", model), ("int8", out)):
-        scores = score_run_splits(path, task, data)
-        res[name] = {"path": str(path), "val": scores["val"][key], "test": scores["test"][key],
-                     **onnx_cost(path, None, shape, threads, 64)}  # fmt: skip
-    res["delta"] = res["int8"]["test"] - res["fp32"]["test"]
-    res["speedup"] = res["fp32"]["ort_b1_ms"] / res["int8"]["ort_b1_ms"]
-    return res
+        cmp[name] = {"path": str(path), **res[name], **onnx_cost(path, None, shape, threads, 64)}
+    cmp["delta"] = cmp["int8"]["test"] - cmp["fp32"]["test"]
+    cmp["speedup"] = cmp["fp32"]["ort_b1_ms"] / cmp["int8"]["ort_b1_ms"]
+    return cmp

@@ -1,7 +1,7 @@
 """Score an exported model on labelled images: ``defectlite val``, and the ONNX rows of prune / quantise.
 
 Runs on ONNX Runtime through the :class:`~defectlite.deploy.predictor.Predictor` and the model's task runtime
-(:mod:`defectlite.deploy.runtime`), so it needs neither PyTorch nor scikit-learn: a camera station with the
+(:class:`defectlite.tasks.base.Runtime`), so it needs neither PyTorch nor scikit-learn: a camera station with the
 base install can check a model on a new labelled folder. Images of any size go through the one
 preprocessing; classes in the folder that the model does not know are an error.
 """
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from defectlite.deploy.predictor import Predictor
 from defectlite.errors import DataError
+from defectlite.runs import is_run, open_run
 from defectlite.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,7 @@ def model_of(path: str | Path) -> Path:
         CheckpointError: not an ONNX file and not a run folder with one.
     """
     p = Path(path)
-    if p.is_dir() and (p / "config.yaml").is_file():
-        from defectlite.runs import open_run
-
+    if is_run(p):
         return open_run(p).onnx
     return p
 

@@ -157,7 +157,7 @@ async function loadModel() {
     model = await resp.json();
     const size = model.input_size.join(" x ");
     const cam = model.explain ? "Grad-CAM available" : "Grad-CAM unavailable";
-    const task = model.task === "detect" ? "detector" : "classifier";
+    const task = model.view === "boxes" ? "detector" : "classifier"; // the runtime says how answers look
     $("#model-info").textContent =
       `${model.model} (${task}) · ${model.classes.length} classes (${model.classes.join(", ")}) · input ${size} · ${cam}`;
   } catch (e) {

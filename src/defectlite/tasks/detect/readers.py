@@ -51,8 +51,8 @@ from PIL import Image
 
 from defectlite.data.cache import raise_bad_files
 from defectlite.data.decode import read_image_file
-from defectlite.data.det_layouts import BadFile, LabelEntry, coco_files, read_coco, read_voc, read_yolo, voc_dirs
 from defectlite.errors import ConfigError, DataError
+from defectlite.tasks.detect.layouts import BadFile, LabelEntry, coco_files, read_coco, read_voc, read_yolo, voc_dirs
 
 log = logging.getLogger(__name__)
 DET_FORMATS = ("auto", "voc", "yolo", "coco")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from defectlite.errors import CheckpointError, DataError
+from defectlite.tasks.base import number_option
 
 UNCERTAIN = "uncertain"  # the answer below the confidence threshold: send the part to a person
 
@@ -77,6 +78,16 @@ class ClassifyRuntime:
     options: tuple[str, ...] = ("min_confidence",)  # a number in [0, 1], or "recommended" (the model's own)
     eval_options: dict[str, Any] = {}
     score_key = "accuracy"  # the headline metric of :meth:`score` (prune / quantise tables)
+    secondary_key = "mcc"  # beside it in prune / compare tables
+    view = "labels"  # the page shows class probabilities
+
+    def option(self, key: str, text: Any) -> Any:
+        """``min_confidence``: a number, or ``recommended`` (checked against the model in :meth:`postprocess`).
+
+        Raises:
+            ConfigError: another key, or a value that is neither.
+        """
+        return number_option(self, key, text, words=("recommended",))
 
     def check(self, meta: dict[str, Any], outputs: Sequence[Any]) -> None:
         """Refuse a class list that does not match the model's number of outputs.
@@ -165,8 +176,8 @@ class ClassifyRuntime:
     def score(self, results: Sequence[Prediction], truths: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
         """Accuracy, MCC, macro / per-class precision, recall, F1 and the confusion matrix of ``results``; ECE (15
         bins) and, for a model with a recommended threshold, the coverage and accuracy of the images it accepts."""
-        from defectlite.evaluate.calibration import ece, selective
-        from defectlite.evaluate.metrics import classification_metrics
+        from defectlite.tasks.classify.calibration import ece, selective
+        from defectlite.tasks.classify.metrics import classification_metrics
 
         out = classification_metrics(truths, [r.index for r in results], meta["classes"])
         probs = np.array([[r.probabilities[c] for c in meta["classes"]] for r in results])
@@ -194,12 +205,12 @@ class ClassifyRuntime:
 
     def write_figures(self, metrics: dict[str, Any], meta: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
         """Confusion matrices, counts and row-normalised, as PNG and CSV: ``<stem>.*`` and ``<stem>_norm.*``."""
-        from defectlite.evaluate.report import write_confusion_pair
+        from defectlite.tasks.classify.report import write_confusion_pair
 
         return write_confusion_pair(metrics["confusion"], meta["classes"], Path(out_dir) / stem, meta.get("model", ""))
 
     def report_lines(self, test: dict[str, Any], test_all: dict[str, dict[str, Any]]) -> list[str]:
         """The test section of ``report.md``: every evaluated model, then per class for the deployed one."""
-        from defectlite.evaluate.report import classification_lines
+        from defectlite.tasks.classify.report import classification_lines
 
         return classification_lines(test, test_all)

@@ -35,7 +35,7 @@ class DetAugment:
     Called as ``aug(image, boxes, labels) -> (image, boxes, labels)``; the order is flips, rotation,
     affine zoom / shift about the centre (bilinear, ``fill`` outside), brightness, contrast.
     ``mosaic_prob`` is not used here: it is the loader's (see
-    :class:`defectlite.data.det_dataset.DetDataset`), kept with the rest of the recipe.
+    :class:`defectlite.tasks.detect.dataset.DetDataset`), kept with the rest of the recipe.
     """
 
     hflip: float = 0.5  # probability of a horizontal flip (True = 0.5, False = 0)

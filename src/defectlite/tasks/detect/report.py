@@ -1,6 +1,6 @@
 """Report figures and markdown of a detection evaluation: PR curves, confusion matrix, an image grid with boxes.
 
-Every input comes from :func:`defectlite.evaluate.det_metrics.detection_metrics` (``metrics``) or follows its
+Every input comes from :func:`defectlite.tasks.detect.metrics.detection_metrics` (``metrics``) or follows its
 conventions: boxes ``(n, 4)`` float ``x1, y1, x2, y2`` in the pixels of the image they are drawn on. Files are written
 atomically (``defectlite.utils.atomic_write``) with matplotlib's Agg backend.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from defectlite.evaluate.report import _pct, pyplot, save_figure, write_confusion
+from defectlite.evaluate.report import pct, pyplot, save_figure, write_confusion
 
 # file names the run report links to (relative to the run folder)
 PR_PNG = "pr_curves.png"
@@ -180,9 +180,9 @@ def render_det_markdown(
     lines = [
         "## Detection",
         "",
-        f"- mAP@0.5: {_pct(metrics['map50'])}",
-        f"- mAP@0.5:0.95: {_pct(metrics['map'])}",
-        f"- mAP@0.75: {_pct(metrics['map75'])}",
+        f"- mAP@0.5: {pct(metrics['map50'])}",
+        f"- mAP@0.5:0.95: {pct(metrics['map'])}",
+        f"- mAP@0.75: {pct(metrics['map75'])}",
         "",
         f"{metrics['n_images']} images, {metrics['n_gt']} true boxes, {metrics['n_pred']} predicted boxes. "
         f"COCO bbox protocol ({ev['name']} {ev['version']}): AP = 101-point interpolated precision, at most "
@@ -194,7 +194,7 @@ def render_det_markdown(
     ]
     for c in classes:
         m = metrics["per_class"][c]
-        lines.append(f"| {c} | {_pct(m['ap50'])} | {_pct(m['ap'])} | {m['n_gt']} | {m['n_pred']} |")
+        lines.append(f"| {c} | {pct(m['ap50'])} | {pct(m['ap'])} | {m['n_gt']} | {m['n_pred']} |")
     lines += [
         "",
         f"![precision-recall curves at IoU 0.5]({pr_png})",

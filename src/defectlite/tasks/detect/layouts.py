@@ -1,7 +1,8 @@
-"""The three detection layouts parsed into :class:`LabelEntry` records (internal to :mod:`defectlite.data.detection`).
+"""The three detection layouts parsed into :class:`LabelEntry` records (internal to
+:mod:`defectlite.tasks.detect.readers`).
 
 Each ``read_<format>(root, classes)`` returns (the layout's class order or None, entries, bad files);
-the image-size, box and class checks common to all layouts happen in :mod:`defectlite.data.detection`,
+the image-size, box and class checks common to all layouts happen in :mod:`defectlite.tasks.detect.readers`,
 whose module docstring describes the layouts, the coordinate convention and the errors.
 """
 

@@ -49,7 +49,7 @@ class Ensemble(nn.Module):
     """Frozen members combined into one classifier; returns log-probabilities (N, K).
 
     ``softmax(forward(x)) == combine_probs(...)``, so it can stand wherever logits are expected
-    (evaluation, :class:`defectlite.train.objectives.LogitDistill`, ONNX export).
+    (evaluation, :class:`defectlite.tasks.classify.objectives.LogitDistill`, ONNX export).
 
     Args:
         members: models mapping (N, C, H, W) to logits (N, K).

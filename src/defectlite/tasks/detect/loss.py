@@ -51,7 +51,7 @@ def decode_cells(raw: Tensor, anchor_wh: Tensor) -> Tensor:
     """Boxes ``[cx, cy, w, h]`` (n, 4) in grid units relative to their cell from raw ``tx, ty, tw, th`` (n, >= 4).
 
     YOLOv5's parametrisation: ``xy = 2 sigmoid(t) - 0.5``, ``wh = (2 sigmoid(t))^2 * anchor_wh``;
-    :func:`defectlite.deploy.det_decode.decode` is its NumPy twin for whole maps.
+    :func:`defectlite.tasks.detect.decode.decode` is its NumPy twin for whole maps.
     """
     xy = raw[:, :2].sigmoid() * 2 - 0.5
     wh = (raw[:, 2:4].sigmoid() * 2) ** 2 * anchor_wh

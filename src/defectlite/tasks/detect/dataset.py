@@ -20,11 +20,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from defectlite.data.dataset import SplitData, prepare_index
-from defectlite.data.det_augment import DetAugment, mosaic
-from defectlite.data.detection import DetIndex, DetSample, read_detection
 from defectlite.data.readers import DatasetIndex, Sample
 from defectlite.data.splits import read_splits_csv, write_splits_csv
 from defectlite.errors import ConfigError, DataError
+from defectlite.tasks.detect.augment import DetAugment, mosaic
+from defectlite.tasks.detect.readers import DetIndex, DetSample, read_detection
 
 NEGATIVE_CLASS = "(no boxes)"  # the splits.csv class of images without boxes (label = len(classes))
 
@@ -103,7 +103,7 @@ def prepare_detection(
     back when it exists, else written (see :func:`defectlite.data.dataset.prepare_index`).
 
     Args:
-        root, format, classes, skip_bad: see :func:`defectlite.data.detection.read_detection` (``skip_bad``
+        root, format, classes, skip_bad: see :func:`defectlite.tasks.detect.readers.read_detection` (``skip_bad``
             also leaves unreadable images out).
         size: (H, W) input size in pixels.
         splits_csv: the run's split file.

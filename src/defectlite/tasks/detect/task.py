@@ -1,19 +1,18 @@
 """The ``detect`` task: boxes and classes of the defects in an image (NEU-DET; YOLOv4 pruning paper).
 
-Data: VOC / YOLO / COCO readers (:mod:`defectlite.data.detection`), the same seeded 8:1:1 split (stratified by
+Data: VOC / YOLO / COCO readers (:mod:`defectlite.tasks.detect.readers`), the same seeded 8:1:1 split (stratified by
 each image's dominant class), decoded-image cache and leak check as classification; boxes move with the pixels
-under flips, 90-degree rotations, zoom / shift and mosaic (:mod:`defectlite.data.det_augment`), mosaic switched
+under flips, 90-degree rotations, zoom / shift and mosaic (:mod:`defectlite.tasks.detect.augment`), mosaic switched
 off for the last ``augment.close_mosaic`` epochs. Anchors: K-means++ with the 1 - IoU distance on the training
 boxes (paper §2.1.2), stored in the model card. Objective: CIoU + BCE objectness + BCE class with YOLOv5
-assignment (:class:`~defectlite.train.det_loss.DetectionLoss`), or its distillation from a teacher detector
-(§2.2.4). Selection on validation mAP@0.5. Decoding, NMS and scoring: :mod:`defectlite.deploy.det_runtime`.
+assignment (:class:`~defectlite.tasks.detect.loss.DetectionLoss`), or its distillation from a teacher detector
+(§2.2.4). Selection on validation mAP@0.5. Decoding, NMS and scoring: :mod:`defectlite.tasks.detect.runtime`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,17 +20,17 @@ import torch
 from torch import Tensor, nn
 
 from defectlite.data import resolve_data_path
-from defectlite.data.anchors import anchor_fit, kmeans_anchors
-from defectlite.data.det_augment import DetAugment
-from defectlite.data.det_dataset import DetDataset, DetSplitData, collate, prepare_detection
-from defectlite.data.detection import DET_FORMATS
 from defectlite.data.transforms import normalize
-from defectlite.deploy.det_decode import postprocess
-from defectlite.deploy.det_runtime import EVAL_CONF, EVAL_IOU, DetectRuntime
 from defectlite.errors import ConfigError
 from defectlite.models.yolo import STRIDES, DetectorExport, flatten_outputs
 from defectlite.tasks.base import Task
-from defectlite.train.det_loss import DetectionDistill, DetectionLoss, yolov5_gains
+from defectlite.tasks.detect.anchors import anchor_fit, kmeans_anchors
+from defectlite.tasks.detect.augment import DetAugment
+from defectlite.tasks.detect.dataset import DetDataset, DetSplitData, collate, prepare_detection
+from defectlite.tasks.detect.decode import postprocess
+from defectlite.tasks.detect.loss import DetectionDistill, DetectionLoss, yolov5_gains
+from defectlite.tasks.detect.readers import DET_FORMATS
+from defectlite.tasks.detect.runtime import EVAL_CONF, EVAL_IOU
 from defectlite.train.device import autocast
 from defectlite.train.distributed import loader
 
@@ -98,7 +97,7 @@ class DetectStageData:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, amp: str) -> dict[str, float]:
-        from defectlite.evaluate.det_metrics import detection_metrics
+        from defectlite.tasks.detect.metrics import detection_metrics
 
         images, boxes, labels = self.val
         if not len(images):
@@ -130,9 +129,6 @@ class DetectTask(Task):
 
     name = "detect"
     formats = DET_FORMATS
-
-    def __init__(self) -> None:
-        self.runtime = DetectRuntime()
 
     def check_config(self, cfg) -> None:
         """Besides the base checks: input sizes multiples of 32 (stride 32), no classifier-only options.
@@ -207,7 +203,12 @@ class DetectTask(Task):
         return data.images[idx], truths, [data.orig_sizes[i] for i in idx]
 
     def export_module(self, model: nn.Module) -> nn.Module:
+        """The detector with its three head maps flattened into one (N, P, 5 + K) array."""
         return DetectorExport(model)
+
+    def output_names(self, card: dict[str, Any]) -> list[str]:
+        """One output, ``raw``: (N, P, 5 + K) head outputs before decoding and NMS."""
+        return ["raw"]
 
     def export_metadata(self, card: dict[str, Any]) -> dict[str, Any]:
         meta = _meta(card)
@@ -217,23 +218,25 @@ class DetectTask(Task):
             "score_threshold": SCORE_THRESHOLD,
             "iou_threshold": IOU_THRESHOLD,
             "max_det": MAX_DET,
-            "output": "raw (N, P, 5 + K) head outputs, decoded by defectlite.deploy.det_decode",
+            "output": "raw (N, P, 5 + K) head outputs, decoded by defectlite.tasks.detect.decode",
         }
 
-    def figures(self, run_dir: Path, report: dict[str, Any], data: DetSplitData) -> dict[str, Any]:
+    def figures(self, run, report: dict[str, Any], data: DetSplitData) -> dict[str, Any]:
         """PR curves, the detection confusion matrix, and test images with predicted and true boxes."""
         from defectlite.deploy.predictor import Predictor
-        from defectlite.evaluate.det_report import GRID_PNG, write_det_grid
+        from defectlite.tasks.detect.report import GRID_PNG, write_det_grid
 
         meta = {"classes": data.classes}
-        out: dict[str, Any] = {"detection": self.runtime.write_figures(report["test"], meta, run_dir, "confusion_test")}
+        out: dict[str, Any] = {
+            "detection": self.runtime.write_figures(report["test"], meta, run.root, "confusion_test")
+        }
         images, boxes, labels = data.det_subset("test")
         if len(images):
-            p = Predictor(Path(run_dir) / "model.onnx")
+            p = Predictor(run.onnx)
             x = normalize(images[:12], p.meta["mean"], p.meta["std"])
             preds = p.answers(p.run(x), [tuple(images.shape[-2:])] * len(x))
             write_det_grid(list(images[:12]), preds, list(zip(boxes[:12], labels[:12])), data.classes,
-                           Path(run_dir) / GRID_PNG)  # fmt: skip
+                           run.root / GRID_PNG)  # fmt: skip
             out["grid"] = GRID_PNG
         return out
 

@@ -7,7 +7,7 @@ model outputs, (N, P, 5 + K) with rows ordered (level, anchor, y, x) (see
 (9 ``[w, h]`` or (3, 3, 2), input pixels), ``strides`` (8, 16, 32), ``input_size`` (H, W) and
 ``classes``.
 
-Decoding (YOLOv5's parametrisation, shared with :func:`defectlite.train.det_loss.decode_cells`):
+Decoding (YOLOv5's parametrisation, shared with :func:`defectlite.tasks.detect.loss.decode_cells`):
 ``centre = (2 sigmoid(t_xy) - 0.5 + cell) * stride``, ``size = (2 sigmoid(t_wh))^2 * anchor``,
 objectness and class probabilities are sigmoids, a box's score is objectness x class probability
 (paper §2.2.2: confidence and class probability of each grid cell's B boxes).

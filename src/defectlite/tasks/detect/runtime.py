@@ -1,7 +1,7 @@
 """The detection runtime: raw outputs of an exported detector -> boxes, and scoring of labelled boxes (NumPy).
 
-Decoding and NMS are :func:`defectlite.deploy.det_decode.postprocess` (the one implementation, also used by
-validation during training); mAP is :func:`defectlite.evaluate.det_metrics.detection_metrics` (COCO protocol,
+Decoding and NMS are :func:`defectlite.tasks.detect.decode.postprocess` (the one implementation, also used by
+validation during training); mAP is :func:`defectlite.tasks.detect.metrics.detection_metrics` (COCO protocol,
 faster-coco-eval). A detector's ground truth is ``(boxes (m, 4) xyxy in the image's own pixels, labels (m,),
 (H, W))`` per image.
 """
@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from defectlite.deploy.det_decode import Detections, postprocess
 from defectlite.errors import CheckpointError, DataError
+from defectlite.evaluate.report import pct
+from defectlite.tasks.base import number_option
+from defectlite.tasks.detect.decode import Detections, postprocess
 
 EVAL_CONF, EVAL_IOU = 0.001, 0.6  # mAP is computed over nearly every box (COCO / Ultralytics val convention)
 
@@ -32,6 +34,16 @@ class DetectRuntime:
     options: tuple[str, ...] = ("conf", "iou", "max_det")
     eval_options = {"conf": EVAL_CONF, "iou": EVAL_IOU}  # what val and the run's test scoring use
     score_key = "map50"
+    secondary_key = "map"  # mAP@0.5:0.95 beside mAP@0.5 in prune / compare tables
+    view = "boxes"  # the page draws boxes
+
+    def option(self, key: str, text: Any) -> Any:
+        """``conf`` and ``iou`` are numbers, ``max_det`` an integer.
+
+        Raises:
+            ConfigError: another key, or a value of another kind.
+        """
+        return number_option(self, key, text, integer=key == "max_det")
 
     def check(self, meta: dict[str, Any], outputs: Sequence[Any]) -> None:
         """Refuse metadata without anchors / strides, or whose classes do not fit the output width.
@@ -112,7 +124,7 @@ class DetectRuntime:
             DataError: unreadable folder, no images, boxes of classes the model does not know, a bad box or label
                 file (without ``skip_bad``).
         """
-        from defectlite.data.detection import read_detection
+        from defectlite.tasks.detect.readers import read_detection
 
         index = read_detection(root, format, skip_bad=skip_bad, classes=meta["classes"])
         samples = [s for s in index.samples if split is None or s.split == split]
@@ -123,25 +135,25 @@ class DetectRuntime:
 
     def score(self, results: Sequence[Detections], truths: Sequence[Any], meta: dict[str, Any]) -> dict[str, Any]:
         """mAP@0.5, mAP@0.5:0.95, per-class AP, PR curves and the detection confusion matrix."""
-        from defectlite.evaluate.det_metrics import detection_metrics
+        from defectlite.tasks.detect.metrics import detection_metrics
 
         gts = [(b, y) for b, y, _ in truths]
         return detection_metrics(list(results), gts, meta["classes"], [s for _, _, s in truths])
 
     def headline(self, metrics: dict[str, Any]) -> str:
         """``mAP@0.5 71.20 %, mAP@0.5:0.95 35.10 % on 180 images``."""
-        return f"mAP@0.5 {_pct(metrics['map50'])}, mAP@0.5:0.95 {_pct(metrics['map'])} on {metrics['n_images']} images"
+        return f"mAP@0.5 {pct(metrics['map50'])}, mAP@0.5:0.95 {pct(metrics['map'])} on {metrics['n_images']} images"
 
     def summary(self, metrics: dict[str, Any]) -> list[str]:
         """A short per-class AP table for the terminal."""
         lines = [self.headline(metrics), f"{'class':<24}{'AP@0.5':>10}{'AP@.5:.95':>11}{'boxes':>8}"]
         for c, m in metrics["per_class"].items():
-            lines.append(f"{c:<24}{_pct(m['ap50']):>10}{_pct(m['ap']):>11}{m['n_gt']:>8}")
+            lines.append(f"{c:<24}{pct(m['ap50']):>10}{pct(m['ap']):>11}{m['n_gt']:>8}")
         return lines
 
     def write_figures(self, metrics: dict[str, Any], meta: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
         """PR curves and the detection confusion matrix (counts and normalised, PNG + CSV)."""
-        from defectlite.evaluate.det_report import PR_PNG, write_det_confusion, write_pr_curves
+        from defectlite.tasks.detect.report import PR_PNG, write_det_confusion, write_pr_curves
 
         out_dir = Path(out_dir)
         pr = write_pr_curves(metrics, meta["classes"], out_dir / PR_PNG)
@@ -150,16 +162,12 @@ class DetectRuntime:
 
     def report_lines(self, test: dict[str, Any], test_all: dict[str, dict[str, Any]]) -> list[str]:
         """The test section of ``report.md``: mAP of every evaluated model, then per class for the deployed one."""
-        from defectlite.evaluate.det_report import render_det_markdown
+        from defectlite.tasks.detect.report import render_det_markdown
 
         lines = ["## Test split", "", "| model | mAP@0.5 | mAP@0.5:0.95 |", "|---|---|---|"]
-        lines += [f"| {name} | {_pct(m['map50'])} | {_pct(m['map'])} |" for name, m in test_all.items()]
+        lines += [f"| {name} | {pct(m['map50'])} | {pct(m['map'])} |" for name, m in test_all.items()]
         classes = list(test["per_class"])
         return [*lines, "", *render_det_markdown(test, classes, confusion_stem="confusion_test")]
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f} %"
 
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),

@@ -3,7 +3,7 @@
 Data: the folder / NEU / TIG readers, stratified 8:1:1 splits, the decoded uint8 cache
 (:func:`defectlite.data.prepare`). Objectives: cross-entropy, logit distillation (Xie & Shen 2022,
 Eq. 11-13), hard pseudo-labels of an ensemble (WeldNet paper, Algorithm 1). Selection on validation
-accuracy. Scoring, decoding and the report's test section: :class:`defectlite.deploy.labels.ClassifyRuntime`.
+accuracy. Scoring, decoding and the report's test section: :class:`defectlite.tasks.classify.runtime.ClassifyRuntime`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from defectlite.data.augment import train_augment
 from defectlite.data.dataset import ArrayDataset
 from defectlite.data.readers import FORMATS
 from defectlite.data.transforms import normalize
-from defectlite.deploy.labels import ClassifyRuntime
 from defectlite.errors import ConfigError
 from defectlite.tasks.base import Task
+from defectlite.tasks.classify.ensemble import Ensemble, PseudoLabel
+from defectlite.tasks.classify.objectives import CrossEntropy, LogitDistill
 from defectlite.train.device import autocast
 from defectlite.train.distributed import loader
-from defectlite.train.ensemble import Ensemble, PseudoLabel
-from defectlite.train.objectives import CrossEntropy, LogitDistill
 
 CLASSIFY_AUGMENT = ("hflip", "vflip", "rotate_deg", "brightness", "contrast", "erasing", "crop")
 
@@ -119,9 +118,6 @@ class ClassifyTask(Task):
     name = "classify"
     formats = FORMATS
 
-    def __init__(self) -> None:
-        self.runtime = ClassifyRuntime()
-
     def load_data(self, cfg, run, progress: bool = True) -> SplitData:
         return prepare(
             resolve_data_path(cfg.data.path), format=cfg.data.format, **self.split_options(cfg, run, progress)
@@ -175,9 +171,9 @@ class ClassifyTask(Task):
         import logging
 
         from defectlite.compress.reparam import reparameterize
-        from defectlite.compress.temperature import fold_temperature
         from defectlite.errors import CheckpointError
-        from defectlite.evaluate import calibration as cal
+        from defectlite.tasks.classify import calibration as cal
+        from defectlite.tasks.classify.temperature import fold_temperature
 
         c = cfg.calibration
         (xv, yv), (xt, yt) = data.subset("val"), data.subset("test")
@@ -228,12 +224,15 @@ class ClassifyTask(Task):
                 "target_accuracy": op["target_accuracy"]}  # fmt: skip
 
     def report_lines(self, report: dict[str, Any]) -> list[str]:
-        """The test section, then calibration and the recommended operating point."""
-        from defectlite.evaluate.calibration import calibration_lines
+        """The test section, calibration and the recommended operating point, the confusion matrices and Grad-CAM."""
+        from defectlite.tasks.classify.calibration import calibration_lines
+        from defectlite.tasks.classify.report import figure_lines
 
         lines = super().report_lines(report)
         cal = report.get("calibration")
-        return [*lines, *calibration_lines(cal)] if cal and cal.get("test") else lines
+        if cal and cal.get("test"):
+            lines += calibration_lines(cal)
+        return [*lines, *figure_lines(report.get("figures", {}))]
 
     def ensemble_teacher(self, member_stems: list[Path], method: str, k: float, classes: list[str]) -> Ensemble:
         """The frozen, re-parameterised ensemble of the given member checkpoints (WeldNet paper Eq. 2).
@@ -263,11 +262,13 @@ class ClassifyTask(Task):
             out[f"{method}_ensemble"] = self.evaluate(combined, data, "test", card)
         return out
 
-    def figures(self, run_dir: Path, report: dict[str, Any], data: SplitData) -> dict[str, Any]:
+    def figures(self, run, report: dict[str, Any], data: SplitData) -> dict[str, Any]:
         """Confusion matrices of the deployed model (counts and normalised) and Grad-CAM per class."""
         meta = {"classes": data.classes, "model": report.get("model", "")}
-        out: dict[str, Any] = {"confusion": self.runtime.write_figures(report["test"], meta, run_dir, "confusion_test")}
-        out["gradcam"] = _gradcam_per_class(run_dir)
+        out: dict[str, Any] = {
+            "confusion": self.runtime.write_figures(report["test"], meta, run.root, "confusion_test")
+        }
+        out["gradcam"] = _gradcam_per_class(run.root)
         return out
 
     def paper_values(self, report: dict[str, Any]) -> dict[str, str]:
@@ -289,7 +290,7 @@ def _gradcam_per_class(run_dir: Path) -> dict[str, str]:
     """One Grad-CAM figure per class for the report (file names); a failure is logged, never costs the run."""
     import logging
 
-    from defectlite.evaluate.gradcam import explain_per_class
+    from defectlite.tasks.classify.explain import explain_per_class
 
     try:
         return {c: p.name for c, p in explain_per_class(run_dir).items()}
