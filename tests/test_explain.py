@@ -17,7 +17,6 @@ from defectlite.cli.main import main
 from defectlite.errors import CheckpointError, ConfigError
 from defectlite.evaluate.gradcam import (
     Explainer,
-    explain_per_class,
     feature_grid_png,
     feature_layers,
     find_target_layer,
@@ -25,6 +24,7 @@ from defectlite.evaluate.gradcam import (
     png_bytes,
 )
 from defectlite.models import create_model
+from defectlite.tasks.classify.explain import explain_per_class
 
 
 def tiny_recipe(neu_data: Path):
