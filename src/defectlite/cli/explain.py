@@ -34,14 +34,8 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
 def run(args: argparse.Namespace) -> int:
     from defectlite.data.readers import image_files
     from defectlite.errors import DataError
-    from defectlite.evaluate.gradcam import (
-        Explainer,
-        explain_per_class,
-        feature_grid_png,
-        png_bytes,
-        side_by_side,
-        write_png,
-    )
+    from defectlite.evaluate.gradcam import Explainer, feature_grid_png, png_bytes, side_by_side, write_png
+    from defectlite.tasks.classify.explain import explain_per_class
 
     if not args.images and not args.per_class:
         print("error: give IMAGE files or folders, or --per-class", file=sys.stderr)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from defectlite.errors import UnknownModelError
+from defectlite.tasks import DEFAULT_TASK
 
 ModelFn = Callable[..., nn.Module]
 
@@ -23,7 +24,8 @@ class ModelInfo:
         input_size: (C, H, W) the model's paper uses (C is a default; ``in_chans`` overrides it).
         reparameterizable: the model has blocks with ``reparameterize()``.
         paper: short citation of the model's source.
-        task: ``"classify"`` (logits (N, K)) or ``"detect"`` (a list of 3 raw head maps, see ``models/yolo.py``).
+        task: the task the model serves (a line of :data:`defectlite.tasks.TASKS`), e.g. ``classify`` (logits
+            (N, K)) or ``detect`` (a list of 3 raw head maps, see ``models/yolo.py``); default the default task.
     """
 
     name: str
@@ -31,7 +33,7 @@ class ModelInfo:
     input_size: tuple[int, int, int]
     reparameterizable: bool = False
     paper: str = ""
-    task: str = "classify"
+    task: str = DEFAULT_TASK
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -42,7 +44,7 @@ def register_model(
     input_size: tuple[int, int, int] = (1, 200, 200),
     reparameterizable: bool = False,
     paper: str = "",
-    task: str = "classify",
+    task: str = DEFAULT_TASK,
 ) -> Callable[[ModelFn], ModelFn]:
     """Decorator that registers a builder under its function name.
 
@@ -59,7 +61,7 @@ def register_model(
     return wrap
 
 
-def list_models(task: str | None = "classify") -> list[str]:
+def list_models(task: str | None = DEFAULT_TASK) -> list[str]:
     """Registered names of one task (``None``: every task), sorted.
 
     The default keeps every caller written for classifiers (logits (N, K)) on classifiers;
