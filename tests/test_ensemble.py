@@ -95,3 +95,12 @@ def test_ensemble_run_trains_members_then_distils_and_resumes(neu_small, tmp_pat
     assert main(["-q", "train", "--resume", str(run)]) == 0
     assert (run / "member0" / "metrics.csv").read_text() == before
     assert (run / "student" / "best.json").is_file() and (run / "report.json").is_file()
+    # the library schedules members in parallel processes (``--jobs``): a missing member is trained again, a
+    # finished one is left as it is
+    from defectlite.pipeline.parallel import train_members_in_parallel
+    from defectlite.runs import open_run
+
+    shutil.rmtree(run / "member1")
+    train_members_in_parallel(open_run(run), 2)
+    assert (run / "member0" / "metrics.csv").read_text() == before
+    assert json.loads((run / "member1" / "best.json").read_text())["model"] == "eg_repvgg"
