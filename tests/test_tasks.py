@@ -20,7 +20,16 @@ from defectlite.cli.main import main
 from defectlite.errors import CheckpointError, ConfigError
 from defectlite.models import model_info
 from defectlite.onnx_file import read_metadata
-from defectlite.tasks import TASKS, TaskEntry, get_runtime, get_task, recipe_dirs, register_task, task_names
+from defectlite.tasks import (
+    TASKS,
+    TaskEntry,
+    TaskOption,
+    get_runtime,
+    get_task,
+    recipe_dirs,
+    register_task,
+    task_names,
+)
 
 TOY = "toy-brightness"
 
@@ -43,12 +52,28 @@ FILES = {
                 return self.fc(self.conv(x).mean((2, 3)))
 
 
+        class MeanLevel(nn.Module):
+            """a * mean(x) + b, fitted from statistics (least squares), no optimizer."""
+
+            def __init__(self, outputs: int) -> None:
+                super().__init__()
+                self.fc = nn.Linear(1, outputs)
+
+            def forward(self, x):
+                return self.fc(x.mean((1, 2, 3))[:, None])
+
+
         if "toy_brightness_net" not in list_models(None):
 
             @register_model(input_size=(1, 32, 32), task="toy-brightness")
             def toy_brightness_net(*, num_classes: int, in_chans: int = 1) -> nn.Module:
                 """The toy task's model."""
                 return BrightnessNet(in_chans, num_classes)
+
+            @register_model(input_size=(1, 32, 32), task="toy-brightness")
+            def toy_brightness_mean(*, num_classes: int, in_chans: int = 1) -> nn.Module:
+                """The toy task's model fitted without an optimizer."""
+                return MeanLevel(num_classes)
         ''',
     "runtime.py": '''
         """The inference half: NumPy only."""
@@ -184,6 +209,19 @@ FILES = {
 
             def output_names(self, card):
                 return ["brightness"]
+
+            @torch.no_grad()
+            def fit_statistics(self, model, data, stage):
+                if stage.model != "toy_brightness_mean":
+                    return None  # the loop trains it
+                (x, y), (xv, yv) = data.train, data.val
+                m = torch.from_numpy(normalize(x, *data.norm)).mean((1, 2, 3))
+                a = torch.stack([m, torch.ones_like(m)], 1)
+                coef = torch.linalg.lstsq(a, torch.from_numpy(y)[:, None]).solution[:, 0]
+                model.fc.weight.fill_(float(coef[0]))
+                model.fc.bias.fill_(float(coef[1]))
+                err = (model(torch.from_numpy(normalize(xv, *data.norm)))[:, 0] - torch.from_numpy(yv)).abs().mean()
+                return {"val_loss": float(err), "val_score": -float(err)}
         ''',
     "recipes/toy-brightness.yaml": """
         name: toy-brightness
@@ -211,7 +249,9 @@ def toy_task(tmp_path_factory) -> Path:
     (root / "toyplugin" / "__init__.py").write_text("")
     sys.path.insert(0, str(root))
     before = dict(TASKS)
-    register_task(TOY, TaskEntry("toyplugin.brightness.task:ToyTask", "toyplugin.brightness.runtime:ToyRuntime"))
+    option = TaskOption("--toy-lr", "student.optim.lr", "the toy model's learning rate", "LR")
+    register_task(TOY, TaskEntry("toyplugin.brightness.task:ToyTask", "toyplugin.brightness.runtime:ToyRuntime",
+                                 (option,)))  # fmt: skip
     assert set(TASKS) - set(before) == {TOY} and all(TASKS[k] == v for k, v in before.items())  # one line, no edit
     yield folder
     sys.path.remove(str(root))
@@ -221,7 +261,7 @@ def toy_task(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def toy_run(toy_task, neu_small, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("toy") / "run"
-    assert main(["-q", "train", "--recipe", TOY, "--data", str(neu_small), "--out", str(run)]) == 0
+    assert main(["-q", "train", "--recipe", TOY, "--data", str(neu_small), "--out", str(run), "--toy-lr", "0.05"]) == 0
     return run
 
 
@@ -269,6 +309,35 @@ def test_a_third_task_in_its_own_folder_trains_exports_predicts_validates_and_se
         assert abs(r.json()["results"][0]["brightness"] - 2 * got[0]) < 1e-3
         assert client.post("/v1/predict?scale=x", files=[("files", ("a.jpg", body, "image/jpeg"))]).status_code == 422
         assert client.get("/v1/model").json()["options"] == ["scale"]
+
+
+def test_a_task_declares_its_train_options_and_a_stage_fitted_without_an_optimizer(
+    toy_task, toy_run, neu_small, tmp_path
+):  # noqa: E501
+    from defectlite.runs import open_run
+
+    assert open_run(toy_run).config().student.optim.lr == 0.05  # --toy-lr, the task's own option, set the field
+    assert main(["-q", "train", "--resume", str(toy_run), "--toy-lr", "0.1"]) == 2  # it defines the run
+    run = tmp_path / "stats"
+    args = [
+        "-q",
+        "train",
+        "--recipe",
+        TOY,
+        "--data",
+        str(neu_small),
+        "--out",
+        str(run),
+        "--model",
+        "toy_brightness_mean",
+    ]
+    assert main(args) == 0
+    assert not (run / "student" / "last.safetensors").exists()  # no optimizer, no loop state
+    report = json.loads((run / "report.json").read_text())
+    assert report["stages"]["student"]["epochs_run"] == 1 and report["test"]["mae"] < 0.02  # linear: nearly exact
+    weights = (run / "model.safetensors").read_bytes()
+    assert main(["-q", "train", "--resume", str(run)]) == 0  # the fitted stage is kept, not fitted again
+    assert (run / "model.safetensors").read_bytes() == weights
 
 
 def test_tasks_dispatch_from_recipe_and_refuse_mismatched_models():

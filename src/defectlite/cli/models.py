@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from defectlite.compress.reparam import reparameterize
     from defectlite.evaluate.profile import count_macs, count_params
     from defectlite.models import create_model, list_models, model_info
+    from defectlite.tasks import get_task, task_names
 
+    for task in task_names():  # a task registers the models it ships in its own folder when it loads
+        get_task(task)
     names = args.names or list_models(args.task)
     shape = (1, args.in_chans, *args.input_size)
     print(f"{'name':<24}{'params':>12}{'deployed':>12}{'MACs (M)':>11}{'FLOPs (M)':>11}  source   [input {shape[1:]}]")

@@ -109,12 +109,28 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         metavar="J",
         help="train the ensemble members J at a time as separate processes, the cores split between them",
     )
+    from defectlite.tasks import task_options
+
+    for task, opt in task_options():  # options a task declares in its table line (torch-free)
+        p.add_argument(opt.flag, dest=_task_dest(opt), metavar=opt.metavar, help=f"{opt.help} ({task} task: {opt.key})")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, metavar="RUN", help="run folder (default: runs/<recipe>-s<seed>-<time>)")
     where.add_argument(
         "--resume", type=Path, metavar="RUN", help="continue an interrupted run exactly as it was started"
     )
     p.set_defaults(func=run)
+
+
+def _task_dest(opt) -> str:
+    return "task_option_" + opt.flag.lstrip("-").replace("-", "_")
+
+
+def _task_sets(args: argparse.Namespace) -> list[str]:
+    """``--set``-style items of the task options given (each sets its recipe field, checked as ``--set`` is)."""
+    from defectlite.tasks import task_options
+
+    given = [(opt, getattr(args, _task_dest(opt), None)) for _, opt in task_options()]
+    return [f"{opt.key}={value}" for opt, value in given if value is not None]
 
 
 def build_config(args: argparse.Namespace):
@@ -130,6 +146,7 @@ def build_config(args: argparse.Namespace):
     sets = model_overrides(cfg, args.model) if args.model else []
     if args.epochs is not None:
         sets += scale_epochs(cfg, args.epochs)
+    sets += _task_sets(args)
     sets += args.overrides or []
     for key, value in (  # text quoted: a folder named 2024, 1e3 or "a: b" stays a string
         ("data.path", args.data and json.dumps(str(args.data))),
@@ -153,6 +170,9 @@ def _refuse_with_resume(args: argparse.Namespace) -> None:
     from defectlite.errors import ConfigError
 
     given = [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS if getattr(args, name) not in (None, [], False)]
+    from defectlite.tasks import task_options
+
+    given += [opt.flag for _, opt in task_options() if getattr(args, _task_dest(opt), None) is not None]
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} exactly as it was started (its config.yaml and run.json); "
