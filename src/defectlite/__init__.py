@@ -6,8 +6,9 @@ Public API::
 """
 
 from defectlite._lazy import lazy_attributes
-from defectlite.deploy import Prediction, Predictor
+from defectlite.deploy import Predictor
 from defectlite.errors import CheckpointError, ConfigError, DataError, DefectliteError
+from defectlite.tasks.classify.runtime import Prediction  # a classifier's answer
 
 # PyTorch-side names load on first use: ``from defectlite import Predictor`` stays free of torch.
 __getattr__ = lazy_attributes(

@@ -81,44 +81,37 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return stem
 
 
+_STAGE_FILES = {  # attribute -> file in the stage folder
+    "best": "best",  # stem of the selected epoch's checkpoint (best.safetensors + best.json)
+    "last": "last.safetensors",  # the whole training state of the last finished epoch (the resume point)
+    "metrics": "metrics.csv",  # one row per finished epoch
+    "gammas": "gammas.npz",  # |BN gamma| per epoch (--set <stage>.sparsity=...)
+    "ddp": "ddp.json",  # the replicas' parameter digests after a data-parallel stage
+}
+
+
 @dataclass(frozen=True)
 class StageFiles:
     """The files of one trained model's folder (``RUN/<stage>/``), as :func:`defectlite.train.loop.fit` writes them.
 
     Attributes:
-        root: the folder.
+        root: the folder; best, last, metrics, gammas, ddp: its files (see ``_STAGE_FILES``).
     """
 
     root: Path
+    best: Path = field(init=False)
+    last: Path = field(init=False)
+    metrics: Path = field(init=False)
+    gammas: Path = field(init=False)
+    ddp: Path = field(init=False)
 
-    @property
-    def best(self) -> Path:
-        """Stem of the selected epoch's checkpoint (``best.safetensors`` + ``best.json``)."""
-        return self.root / "best"
-
-    @property
-    def last(self) -> Path:
-        """The whole training state of the last finished epoch (the resume point)."""
-        return self.root / "last.safetensors"
-
-    @property
-    def metrics(self) -> Path:
-        """One row per finished epoch (CSV)."""
-        return self.root / "metrics.csv"
-
-    @property
-    def gammas(self) -> Path:
-        """|BN gamma| per epoch (``--set <stage>.sparsity=...``)."""
-        return self.root / "gammas.npz"
-
-    @property
-    def ddp(self) -> Path:
-        """The replicas' parameter digests after a data-parallel stage."""
-        return self.root / "ddp.json"
+    def __post_init__(self) -> None:
+        for attr, name in _STAGE_FILES.items():
+            object.__setattr__(self, attr, Path(self.root) / name)
 
     def epoch(self, index: int) -> Path:
         """Stem of epoch ``index``'s checkpoint (``save_period``)."""
-        return self.root / "epochs" / f"epoch{index:03d}"
+        return Path(self.root) / "epochs" / f"epoch{index:03d}"
 
 
 @dataclass

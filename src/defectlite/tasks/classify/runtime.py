@@ -147,15 +147,8 @@ class ClassifyRuntime:
         return img
 
     # -- scoring labelled data (``defectlite val``, the run's test split) ----------------------------------
-    def read_labelled(
-        self,
-        root: Path,
-        meta: dict[str, Any],
-        *,
-        format: str = "auto",
-        split: str | None = None,
-        skip_bad: bool = False,
-    ) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
+    def read_labelled(self, root: Path, meta: dict[str, Any], *, format: str = "auto", split: str | None = None,
+                      skip_bad: bool = False) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:  # fmt: skip
         """The images of a labelled folder (any classification layout) or CSV file (columns ``path``, ``class``;
         paths relative to the file), their class indices in the model's class list, and no bad label files (a
         class label is a folder or a CSV cell; unreadable images are left out, under ``skip_bad``, when read).

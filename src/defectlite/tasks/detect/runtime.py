@@ -19,6 +19,7 @@ from defectlite.evaluate.report import pct
 from defectlite.tasks.base import number_option
 from defectlite.tasks.detect.decode import Detections, postprocess
 
+BoxTruth = tuple[np.ndarray, np.ndarray, tuple[int, int]]  # boxes (M, 4) in pixels, labels (M,), image (H, W)
 EVAL_CONF, EVAL_IOU = 0.001, 0.6  # mAP is computed over nearly every box (COCO / Ultralytics val convention)
 
 
@@ -108,15 +109,8 @@ class DetectRuntime:
         return img
 
     # -- scoring labelled data -------------------------------------------------------------------------------
-    def read_labelled(
-        self,
-        root: Path,
-        meta: dict[str, Any],
-        *,
-        format: str = "auto",
-        split: str | None = None,
-        skip_bad: bool = False,
-    ) -> tuple[list[Path], list[tuple[np.ndarray, np.ndarray, tuple[int, int]]], list[tuple[str, str]]]:
+    def read_labelled(self, root: Path, meta: dict[str, Any], *, format: str = "auto", split: str | None = None,
+                      skip_bad: bool = False) -> tuple[list[Path], list[BoxTruth], list[tuple[str, str]]]:  # fmt: skip
         """The images of a labelled detection folder (VOC, YOLO or COCO), their true boxes in the model's class
         order, and the ``(file, reason)`` of bad label files left out under ``skip_bad``.
 
