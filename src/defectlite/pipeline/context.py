@@ -32,30 +32,35 @@ class RunContext:
     progress: bool = True
 
 
-def open_context(run: Run, *, progress: bool = True, require_eval_splits: bool = False) -> RunContext:
+def open_context(run: Run, *, progress: bool = True) -> RunContext:
     """Check the run's recipe against its task, then read (or re-read) its data.
 
-    Args:
-        require_eval_splits: refuse data whose val or test split is empty (training selects on val and reports
-            test), before anything is trained.
-
     Raises:
-        ConfigError: the recipe does not fit the task. DataError: unreadable data or an empty val / test split.
+        ConfigError: the recipe does not fit the task. DataError: unreadable data.
     """
     cfg = run.config()
     task = get_task(run.task)
     task.check_config(cfg)
     data = task.load_data(cfg, run, progress)
-    counts = data.counts()
-    log.info("data: %s, classes %s, split %s", data.root, data.classes, counts)
-    empty = [s for s in ("val", "test") if not counts.get(s)]
-    if require_eval_splits and empty:  # before any training: selection needs val, the report test
-        raise DataError(
-            f"{data.root}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty ({counts}); "
-            "a run selects its epoch on val and scores test: give each a share (data.split, now "
-            f"{list(cfg.data.split)}) or more images"
-        )
+    log.info("data: %s, classes %s, split %s", data.root, data.classes, data.counts())
     return RunContext(run, cfg, task, data, task.card(cfg, data), progress)
+
+
+def check_eval_splits(ctx: RunContext) -> None:
+    """Refuse data whose val or test split is empty before anything is trained: a run selects its epoch on val and
+    reports test.
+
+    Raises:
+        DataError: naming the empty split(s), the counts and the recipe's split ratios.
+    """
+    counts = ctx.data.counts()
+    empty = [s for s in ("val", "test") if not counts.get(s)]
+    if empty:
+        raise DataError(
+            f"{ctx.data.root}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty ({counts}); "
+            "a run selects its epoch on val and scores test: give each a share (data.split, now "
+            f"{list(ctx.cfg.data.split)}) or more images"
+        )
 
 
 def data_summary(data: TaskData) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
 from defectlite.errors import CheckpointError, ConfigError
-from defectlite.pipeline.context import RunContext, open_context
+from defectlite.pipeline.context import RunContext, check_eval_splits, open_context
 from defectlite.runs import Run, TeacherSource, create_run, is_run, open_run
 from defectlite.tasks import get_task
 from defectlite.tasks.base import Card
@@ -279,10 +279,10 @@ def resume_run(
     t0 = time.perf_counter()
     if not w.main:
         dist.barrier()  # rank 0 reads, splits and caches the data first; the others reuse its splits.csv and cache
-    ctx = dataclasses.replace(open_context(run, progress=progress and w.main, require_eval_splits=True),
-                              progress=progress)  # fmt: skip
+    ctx = dataclasses.replace(open_context(run, progress=progress and w.main), progress=progress)
     if w.main:
         dist.barrier()
+    check_eval_splits(ctx)
     teacher = build_teacher(ctx, teacher_source(run, cfg))
     stages = dict(teacher.stages)
     if run.deployed_stage == "student":
