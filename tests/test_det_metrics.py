@@ -19,7 +19,7 @@ from defectlite.tasks.detect.report import (
 
 
 @dataclass(frozen=True)
-class Det:  # the shape of deploy.det_decode.Detections, kept local so these tests do not depend on it
+class Det:  # the shape of tasks.detect.decode.Detections, kept local so these tests do not depend on it
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray

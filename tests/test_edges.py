@@ -126,3 +126,11 @@ def test_malformed_coco_ids_and_a_yolo_tree_without_images_are_named(tmp_path):
     (tmp_path / "yolo" / "classes.txt").write_text("scratch\n")
     with pytest.raises(DataError, match="the YOLO layout needs an images/ folder"):
         read_detection(tmp_path / "yolo", "yolo")
+
+
+def test_jobs_do_not_combine_with_data_parallel_training(tmp_path):
+    from defectlite.pipeline import resume_run
+    from defectlite.runs import Run
+
+    with pytest.raises(ConfigError, match="--jobs trains members in separate single processes"):
+        resume_run(Run(tmp_path), jobs=2, nproc=2)

@@ -40,6 +40,7 @@ from defectlite.utils import atomic_write_json, atomic_write_text
 MANIFEST, CONFIG, SPLITS = "run.json", "config.yaml", "splits.csv"
 MANIFEST_VERSION = 1
 DEPLOYED, ONNX_NAME, INT8_SUFFIX = "model", "model.onnx", ".int8.onnx"
+STATISTICS = "statistics"  # the best card's ``fitted`` of a stage fitted without an optimizer (no resume state)
 
 
 def is_run(path: str | Path) -> bool:
@@ -83,6 +84,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 _STAGE_FILES = {  # attribute -> file in the stage folder
     "best": "best",  # stem of the selected epoch's checkpoint (best.safetensors + best.json)
+    "best_card": "best.json",  # its card
     "last": "last.safetensors",  # the whole training state of the last finished epoch (the resume point)
     "metrics": "metrics.csv",  # one row per finished epoch
     "gammas": "gammas.npz",  # |BN gamma| per epoch (--set <stage>.sparsity=...)
@@ -100,6 +102,7 @@ class StageFiles:
 
     root: Path
     best: Path = field(init=False)
+    best_card: Path = field(init=False)
     last: Path = field(init=False)
     metrics: Path = field(init=False)
     gammas: Path = field(init=False)
@@ -194,13 +197,13 @@ class Run:
         """
         stage = stage or self.deployed_stage
         stem = self.stage(stage).best
-        if not stem.with_suffix(".json").is_file():
+        if not self.stage(stage).best_card.is_file():
             raise CheckpointError(f"{self.root}: stage {stage!r} has no best checkpoint yet ({stem}.json)")
         return stem
 
     def has_best(self, stage: str) -> bool:
         """Whether ``stage`` has a selected checkpoint."""
-        return self.stage(stage).best.with_suffix(".json").is_file()
+        return self.stage(stage).best_card.is_file()
 
     def members(self) -> list[str]:
         """Names of the ensemble member stages with a best checkpoint, in index order."""
@@ -212,6 +215,11 @@ class Run:
     def deployed(self) -> Path:
         """Stem of the deployed checkpoint (``RUN/model``: ``model.safetensors`` + ``model.json``)."""
         return self.root / DEPLOYED
+
+    @property
+    def deployed_weights(self) -> Path:
+        """``RUN/model.safetensors``: the deployed checkpoint's weights."""
+        return self.deployed.with_suffix(".safetensors")
 
     @property
     def onnx(self) -> Path:

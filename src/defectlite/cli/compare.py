@@ -1,4 +1,5 @@
-"""``defectlite compare``: several models, one recipe and budget, one table and one accuracy-latency plot."""
+"""``defectlite compare``: several models, one recipe and budget, one table and one plot (headline metric vs
+latency)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         sub,
         "compare",
         parents,
-        help="train several models under one recipe and compare accuracy, cost and latency",
+        help="train several models under one recipe and compare the headline metric, cost and latency",
         description=(
             "Train every model for every seed under the same recipe (a recipe with a teacher distils each model from "
             "its own teacher run), then write comparison.md, "
-            "comparison.json and pareto.png (test accuracy vs ONNX Runtime batch-1 latency, point size = params) "
+            "comparison.json and pareto.png (the task's headline test metric, e.g. accuracy or mAP@0.5, vs ONNX "
+            "Runtime batch-1 latency, point size = params) "
             "into --out. Interrupted comparisons resume: finished runs are reused. Builder options go in "
             "brackets: dsc_cnn_140k[blurpool=true,se=true]."
         ),

@@ -81,6 +81,7 @@ def run_ray(args: argparse.Namespace, options: dict) -> int:
 def run(args: argparse.Namespace) -> int:
     from defectlite.deploy.predictor import Predictor
     from defectlite.errors import ConfigError, DataError
+    from defectlite.runs import is_int8
     from defectlite.utils import atomic_write_text, check_writable
 
     for flag, path, folder in (("--csv", args.csv, False), ("--json", args.json, False),
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return run_ray(args, options)
     args.paths = [Path(p) for p in args.paths]
     predictor = Predictor(args.model, threads=args.threads, fp32=args.fp32, **options)
-    if predictor.path.name.endswith(".int8.onnx") and not args.quiet:
+    if is_int8(predictor.path) and not args.quiet:
         print(f"using {predictor.path} (INT8; --fp32 for the float model)", file=sys.stderr)
     from defectlite.data.readers import image_files
 

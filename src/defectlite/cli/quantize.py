@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
 def run(args: argparse.Namespace) -> int:
     from defectlite.deploy.predictor import resolve_model_path
     from defectlite.runs import open_run
+    from defectlite.tasks import get_task
     from defectlite.workflows.quantization import quantize_and_compare
 
     res = quantize_and_compare(
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {res['int8']['path']} (test {key} {100 * res['delta']:+.2f} points, speed-up {res['speedup']:.2f}x)")
     if resolve_model_path(args.model).resolve() == Path(res["int8"]["path"]).resolve():
         print(f"predict and serve now run {res['int8']['path']} for {args.model} (--fp32: the float model)")
-        drop, max_drop = res["fp32"]["val"] - res["int8"]["val"], open_run(args.calib).config().int8.max_drop
+        calib = open_run(args.calib)
+        drop = res["fp32"]["val"] - res["int8"]["val"]
+        max_drop = get_task(calib.task).int8_tolerance(calib.config())
         if drop > max_drop:
             print(f"warning: INT8 loses {100 * drop:.2f} points of validation {key}, more than int8.max_drop "
                   f"({100 * max_drop:.2f}) of {args.calib}'s recipe, so `defectlite train` would not deploy it: "

@@ -100,10 +100,18 @@ def run(args: argparse.Namespace) -> int:
     from defectlite.cpus import default_threads
     from defectlite.deploy.predictor import resolve_model_path
     from defectlite.errors import ConfigError
+    from defectlite.onnx_file import read_metadata
+    from defectlite.tasks import get_runtime, task_name
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     model = resolve_model_path(args.model, fp32=True).resolve()
+    answer = answer_options(args, min_confidence=args.min_confidence)
+    runtime = get_runtime(task_name(read_metadata(model)))
+    for key, value in answer.items():  # a bad --option fails here, not in the workers
+        if key not in runtime.options:
+            raise ConfigError(f"--option {key}: not an option of a {runtime.name} model ({', '.join(runtime.options)})")
+        runtime.option(key, value)
     threads = args.threads or default_threads(args.workers)
     options = {
         "max_batch": args.max_batch,
@@ -116,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "body_idle_timeout_s": args.body_idle_timeout,
         "threads": threads,
         "explain": args.explain,
-        "options": answer_options(args, min_confidence=args.min_confidence) or None,
+        "options": answer or None,
         "fp32": args.fp32,
     }
     # uvicorn needs an import string to start several workers; the factory reads its arguments from the environment

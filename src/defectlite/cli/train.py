@@ -93,8 +93,9 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         "--nproc",
         type=int,
         metavar="N",
-        help="train data-parallel in N processes on this machine (re-runs itself under `torchrun --standalone "
-        "--nproc_per_node N`; gloo on CPU, NCCL on CUDA; the recipe's batch_size stays the global batch). Several "
+        help="train data-parallel in N processes on this machine (the run folder is made here, then continued under "
+        "`torchrun --standalone --nproc_per_node N`; gloo on CPU, NCCL on CUDA; the recipe's batch_size stays the "
+        "global batch; with --members, those members data-parallel). Several "
         "machines: start `torchrun --nnodes ... -m defectlite.cli.main train ...` on each",
     )
     p.add_argument(
@@ -202,20 +203,20 @@ def run(args: argparse.Namespace) -> int:
     nproc = args.nproc if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ else None
     if args.resume:
         _refuse_with_resume(args)
-        from defectlite.pipeline import resume_run, train_members
+        from defectlite.pipeline import resume_run
         from defectlite.runs import open_run
 
         run_dir = args.resume
         run_obj = open_run(run_dir)
         args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
         if members is not None:
-            train_members(run_obj, members, progress=not args.quiet)
+            _train_members(run_obj, members, nproc, args)
             return 0
         _print_main(f"resuming {run_dir}")
-        report = resume_run(run_obj, progress=not args.quiet, jobs=args.jobs, nproc=nproc)
+        report = resume_run(run_obj, progress=not args.quiet, jobs=args.jobs, nproc=nproc, verbose=args.verbose)
     else:
         cfg = build_config(args)  # a bad value fails here, before PyTorch is even imported
-        from defectlite.pipeline import train_members, train_run
+        from defectlite.pipeline import train_run
         from defectlite.runs import create_run
         from defectlite.train import distributed as dist
 
@@ -226,14 +227,25 @@ def run(args: argparse.Namespace) -> int:
         args.resume_hint = f"resume with: defectlite train --resume {run_dir}"
         _print_main(f"run folder: {run_dir}")
         if members is not None:
-            train_members(create_run(run_dir, cfg, teacher=teacher, argv=args.argv), members, progress=not args.quiet)
+            _train_members(create_run(run_dir, cfg, teacher=teacher, argv=args.argv), members, nproc, args)
             _print_main(f"trained member(s) {members} into {run_dir}; distil with --resume {run_dir}")
             return 0
         report = train_run(cfg, run_dir, teacher=teacher, progress=not args.quiet, argv=args.argv, jobs=args.jobs,
-                           nproc=nproc)  # fmt: skip
+                           nproc=nproc, verbose=args.verbose)  # fmt: skip
     if report is not None:  # rank 0 (or a single process)
         print_summary(report, Path(run_dir))
     return 0
+
+
+def _train_members(run_obj, members: list[int], nproc: int | None, args: argparse.Namespace) -> None:
+    """``--members``: in this process, or data-parallel under torchrun with ``--nproc``."""
+    from defectlite.pipeline import train_members
+    from defectlite.pipeline.parallel import run_under_torchrun
+
+    if nproc:
+        run_under_torchrun(run_obj, nproc, progress=not args.quiet, members=members, verbose=args.verbose)
+    else:
+        train_members(run_obj, members, progress=not args.quiet)
 
 
 def _print_main(text: str) -> None:

@@ -256,7 +256,11 @@ def create_app(
             raise file_error(files, errors)
         return np.concatenate(out), sizes
 
-    @app.post("/v1/predict", openapi_extra=MULTIPART_SCHEMA, summary="Classify one or more images")
+    @app.post(
+        "/v1/predict",
+        openapi_extra=MULTIPART_SCHEMA,
+        summary="Answer for one or more images (the model's task: classes, boxes, ...)",
+    )
     async def predict(request: Request) -> JSONResponse:
         """Class, probabilities and model latency (ms, of the batched ONNX Runtime call) per image; a classifier's
         answer is ``uncertain`` (the top classes still given) below ``min_confidence`` (query or form field)."""

@@ -19,24 +19,32 @@ from defectlite.errors import TrainingError
 from defectlite.runs import Run, open_run
 
 
-def run_under_torchrun(run: Run, nproc: int, *, progress: bool = True) -> dict[str, Any] | None:
+def run_under_torchrun(
+    run: Run, nproc: int, *, progress: bool = True, members: list[int] | None = None, verbose: bool = False
+) -> dict[str, Any] | None:
     """Continue ``run`` data-parallel in ``nproc`` processes of this machine (``torchrun --standalone``), the cores
     split between them; every rank trains, rank 0 deploys and writes the report.
 
+    Args:
+        progress: progress bars and the per-epoch log lines (rank 0); verbose: debug messages as well.
+        members: train only these ensemble members (each data-parallel), and no report.
+
     Returns:
-        The report rank 0 wrote.
+        The report rank 0 wrote, or None when only ``members`` were trained.
 
     Raises:
         TrainingError: torchrun exited with an error (the run folder keeps what finished; resume it).
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cpus() // nproc))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "defectlite.pipeline.parallel", str(run.root)] + ([] if progress else ["--quiet"])  # fmt: skip
+           "-m", "defectlite.pipeline.parallel", str(run.root)]  # fmt: skip
+    cmd += ([] if progress else ["--quiet"]) + (["--verbose"] if verbose else [])
+    cmd += ["--members", ",".join(map(str, members))] if members is not None else []
     print("$", " ".join(cmd[1:]), flush=True)
     code = subprocess.run(cmd, env=env).returncode
     if code:
         raise TrainingError(f"torchrun exited with code {code}; resume with --resume {run.root}")
-    return json.loads(run.report_json.read_text())
+    return None if members is not None else json.loads(run.report_json.read_text())
 
 
 def _member_job(root: str, members: list[int], threads: int) -> None:
@@ -73,13 +81,21 @@ def train_members_in_parallel(run: Run, jobs: int) -> None:
 
 
 def _worker(argv: list[str]) -> int:
-    """One torchrun rank: continue the run folder ``argv[0]`` (rank 0 deploys and reports)."""
+    """One torchrun rank: continue the run folder ``argv[0]`` (rank 0 deploys and reports), or train only the
+    members after ``--members``; ``--quiet`` / ``--verbose`` set the log level as the CLI's do."""
     import logging
 
-    from defectlite.pipeline.training import resume_run
+    from defectlite.pipeline.training import resume_run, train_members
 
+    quiet, verbose = "--quiet" in argv, "--verbose" in argv
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
-    resume_run(open_run(argv[0]), progress="--quiet" not in argv)
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("defectlite").setLevel(level)
+    run = open_run(argv[0])
+    if "--members" in argv:
+        train_members(run, [int(i) for i in argv[argv.index("--members") + 1].split(",")], progress=not quiet)
+    else:
+        resume_run(run, progress=not quiet)
     return 0
 
 

@@ -61,7 +61,7 @@ def finish_run(ctx: RunContext, stages: dict[str, Any], *, started: float | None
         "test": test_all[run.deployed_stage],
         "test_all": test_all,
         "calibration": deployed.card.get("calibration"),
-        "profile": profile_model(deployed, run.onnx, run.deployed.with_suffix(".safetensors"), shape, cfg.profile),
+        "profile": profile_model(deployed, run.onnx, run.deployed_weights, shape, cfg.profile),
         "export": export,
         "int8": int8,
         "paper": cfg.paper,

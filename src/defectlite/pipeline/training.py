@@ -17,18 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from defectlite.checkpoint import save_checkpoint
+from defectlite.checkpoint import read_card, save_checkpoint
 from defectlite.compress.reparam import reparameterize
 from defectlite.compress.restore import load_checkpoint
 from defectlite.compress.sparsity import GammaRecorder, SparsityObjective
 from defectlite.errors import CheckpointError, ConfigError
 from defectlite.pipeline.context import RunContext, check_eval_splits, open_context
-from defectlite.runs import Run, TeacherSource, create_run, is_run, open_run
+from defectlite.runs import STATISTICS, Run, StageFiles, TeacherSource, create_run, is_run, open_run
 from defectlite.tasks import get_task
 from defectlite.tasks.base import Card
 from defectlite.train import distributed as dist
 from defectlite.train.config import RecipeCfg, StageCfg
-from defectlite.train.loop import FitResult, fit
+from defectlite.train.loop import FitResult, fit, read_history, write_history
 from defectlite.utils import seed_everything
 
 
@@ -64,15 +64,18 @@ def train_stage(
         objective = SparsityObjective(objective, model, stage.sparsity)
         hook = GammaRecorder(files.gammas, model)
     stage_data = task.stage_data(stage, cfg, ctx.data, model_card)
-    if files.best.with_suffix(".json").is_file() and not files.last.is_file():  # fitted from statistics before
+    if _fitted_from_statistics(files):  # finished earlier: nothing to fit again
         return _statistics_result(files, stage_data.score_name)
     t0 = time.perf_counter()
     fitted = task.fit_statistics(model, stage_data, stage)
     if fitted is not None:
-        files.root.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(files.best, model, {**model_card, **fitted, "epoch": 0})
-        return FitResult(files.root, 0, fitted[stage_data.score_name], fitted.get("val_loss", float("nan")),
-                         time.perf_counter() - t0, stage_data.score_name, [{"epoch": 0, **fitted}])  # fmt: skip
+        row = {"epoch": 0, **fitted, "epoch_s": time.perf_counter() - t0}
+        if dist.world().main:
+            files.root.mkdir(parents=True, exist_ok=True)
+            write_history(files.metrics, [row])
+            save_checkpoint(files.best, model, {**model_card, **fitted, "fitted": STATISTICS})  # the commit point
+        dist.barrier()
+        return _statistics_result(files, stage_data.score_name)
     return fit(
         model,
         stage_data,
@@ -89,13 +92,17 @@ def train_stage(
     )
 
 
-def _statistics_result(files: Any, score_name: str) -> FitResult:
-    """The FitResult of a stage fitted from statistics earlier (its metrics are in its best card)."""
-    import json
+def _fitted_from_statistics(files: StageFiles) -> bool:
+    """Whether the stage was fitted from statistics (its best card says so; a loop stage's never does)."""
+    return files.best_card.is_file() and read_card(files.best_card).get("fitted") == STATISTICS
 
-    card = json.loads(files.best.with_suffix(".json").read_text())
+
+def _statistics_result(files: StageFiles, score_name: str) -> FitResult:
+    """The FitResult of a stage fitted from statistics (its one ``metrics.csv`` row)."""
+    row = read_history(files.metrics)[0]
     nan = float("nan")
-    return FitResult(files.root, 0, float(card.get(score_name, nan)), float(card.get("val_loss", nan)), 0.0, score_name)
+    return FitResult(files.root, 0, row.get(score_name, nan), row.get("val_loss", nan), row.get("epoch_s", 0.0),
+                     score_name, [row])  # fmt: skip
 
 
 def stage_summary(stage: StageCfg, fit_result: FitResult) -> dict[str, Any]:
@@ -175,8 +182,7 @@ def build_teacher(ctx: RunContext, source: TeacherSource) -> Teacher:
             members = open_run(source.path)
         ensemble = task.ensemble_teacher([members.best(m) for m in members.members()], ens.combine, ens.k,
                                          ctx.data.classes)  # fmt: skip
-        options = {"hard_alpha": ens.hard_alpha} if ens.targets == "hard" else {}
-        return Teacher(ensemble if ens.distill else None, options, stages)
+        return Teacher(ensemble if ens.distill else None, task.ensemble_options(ens), stages)
     if source.kind == "checkpoint":
         teacher, tcard = load_checkpoint(source.path)
         if tcard["classes"] != list(ctx.data.classes):
@@ -225,6 +231,7 @@ def train_run(
     argv: list[str] | None = None,
     jobs: int | None = None,
     nproc: int | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any] | None:
     """Start (or continue) the run of ``cfg`` in ``run_dir``; returns the report.
 
@@ -233,6 +240,7 @@ def train_run(
         argv: the command line, recorded in ``run.json``.
         jobs: train the ensemble members this many at a time, in separate processes (cores split between them).
         nproc: train data-parallel in this many processes on this machine (``torchrun --standalone``).
+        verbose: debug messages from the torchrun processes too.
 
     Raises:
         DataError, ConfigError, CheckpointError, TrainingError: bad data, recipe, teacher (a checkpoint teacher
@@ -248,11 +256,11 @@ def train_run(
     w = dist.init_from_env(cfg.device)
     run = create_run(run_dir, cfg, teacher=teacher, argv=argv) if w.main else None
     dist.barrier()
-    return resume_run(run or open_run(run_dir), progress=progress, jobs=jobs, nproc=nproc)
+    return resume_run(run or open_run(run_dir), progress=progress, jobs=jobs, nproc=nproc, verbose=verbose)
 
 
 def resume_run(
-    run: Run, progress: bool = True, *, jobs: int | None = None, nproc: int | None = None
+    run: Run, progress: bool = True, *, jobs: int | None = None, nproc: int | None = None, verbose: bool = False
 ) -> dict[str, Any] | None:
     """Run (or finish) everything ``run``'s config and manifest say, resuming whatever is already there.
 
@@ -268,8 +276,13 @@ def resume_run(
     from defectlite.pipeline import parallel
     from defectlite.pipeline.reporting import finish_run
 
+    if jobs and ((nproc or 1) > 1 or dist.under_torchrun()):
+        raise ConfigError(
+            "--jobs trains members in separate single processes; it does not combine with --nproc / torchrun "
+            "(train the members data-parallel with --members I,J --nproc N instead)"
+        )
     if nproc is not None and nproc > 1 and not dist.under_torchrun():
-        return parallel.run_under_torchrun(run, nproc, progress=progress)
+        return parallel.run_under_torchrun(run, nproc, progress=progress, verbose=verbose)
     if jobs:
         parallel.train_members_in_parallel(run, jobs)
     cfg = run.config()

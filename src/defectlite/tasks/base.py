@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from torch import nn
 
     from defectlite.runs import Run
-    from defectlite.train.config import RecipeCfg, StageCfg
+    from defectlite.train.config import EnsembleCfg, RecipeCfg, StageCfg
     from defectlite.train.loop import StageData
 
 Card = dict[str, Any]  # a checkpoint card / ONNX metadata: task, classes, input_size, in_chans, mean, std, model, ...
@@ -288,6 +288,11 @@ class Task(ABC):
             ConfigError: the task has no ensembles (the default).
         """
         raise ConfigError(f"ensemble.members: a {self.name} run has no ensembles")
+
+    def ensemble_options(self, ensemble: EnsembleCfg) -> dict[str, Any]:
+        """The student objective's options when it learns from an ensemble (passed to :meth:`objective`); default
+        none."""
+        return {}
 
     def evaluate_ensemble(self, ensemble: nn.Module, data: TaskData, card: Card) -> dict[str, dict[str, Any]]:
         """Test metrics of ensemble combinations, by report row name (default: none)."""

@@ -118,7 +118,8 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """Write a stage's ``metrics.csv`` (one row per epoch), atomically."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -240,7 +241,7 @@ def commit_epoch(
         best_weights = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
     if save_period and (state.epoch + 1) % save_period == 0:
         save_checkpoint(files.epoch(state.epoch), eval_model, {**card, **history[-1]})
-    _write_history(files.metrics, history)
+    write_history(files.metrics, history)
     save_state(
         files.last,
         model=model,

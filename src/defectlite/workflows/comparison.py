@@ -162,7 +162,7 @@ def render_comparison(r: dict[str, Any]) -> str:
             f"{x['macs'] / 1e6:.1f} | "
             f"{x['ort_b1_ms']:.3f} ({x['ort_b1_p95_ms']:.3f}) | {x['ort_throughput']:,.0f} | {x['train_minutes']:.1f} |"
         )
-    lines += ["", "Accuracy vs latency: `pareto.png` (point area ~ parameters).", ""]
+    lines += ["", f"Test {key} vs latency: `pareto.png` (point area ~ parameters).", ""]
     return "\n".join(lines)
 
 

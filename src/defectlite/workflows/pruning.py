@@ -95,6 +95,8 @@ def prune_run(
     if layers > 0 and layers > (have := len(residual_blocks(original, shape))):
         raise ConfigError(f"{card['model']}: {no_blocks_message(layers, have)}")
     out = run.root / (out_name or prune_folder(ratio, layers, round_to))
+    if not out.resolve().is_relative_to(run.root.resolve()):
+        raise ConfigError(f"--out {out_name}: the pruning report goes inside the run folder {run.root}")
     out.mkdir(parents=True, exist_ok=True)
     ctx = open_context(run, progress=False)
     ctx.progress = progress
@@ -146,7 +148,7 @@ def prune_run(
         if name == "finetuned_kd" and not distill:
             continue
         tuned = copy.deepcopy(pruned)
-        stage_name = f"{out.name}/{name}_train"
+        stage_name = (out.resolve().relative_to(run.root.resolve()) / f"{name}_train").as_posix()
         train_stage(ctx, stage_name, stage, teacher=t, model=tuned, model_card=pcard)
         best, bcard = load_checkpoint(run.stage(stage_name).best)
         record(name, best, bcard)

@@ -254,6 +254,11 @@ class ClassifyTask(Task):
             members.append(reparameterize(model))
         return Ensemble(members, method, k)
 
+    def ensemble_options(self, ensemble) -> dict[str, Any]:
+        """Hard targets (``ensemble.targets: hard``): the student learns the ensemble's pseudo-labels mixed with the
+        true labels at ``hard_alpha`` (WeldNet paper, Algorithm 1)."""
+        return {"hard_alpha": ensemble.hard_alpha} if ensemble.targets == "hard" else {}
+
     def evaluate_ensemble(self, ensemble: Ensemble, data: SplitData, card: dict[str, Any]) -> dict[str, dict]:
         """Test metrics of the mean and the focal combination of ``ensemble``'s members (same members)."""
         out = {}

@@ -25,7 +25,7 @@ EDGE_TOL_PX = 0.5  # how far (pixels) a box may reach past its image's border be
 
 
 class DetectionsLike(Protocol):
-    """What :func:`detection_metrics` reads from one image's detections (``deploy.det_decode.Detections`` fits).
+    """What :func:`detection_metrics` reads from one image's detections (``tasks.detect.decode.Detections`` fits).
 
     Attributes:
         boxes: float (n, 4) ``x1, y1, x2, y2`` in the image's own pixels.
