@@ -149,7 +149,7 @@ def test_no_kill_point_loses_or_repeats_a_metrics_row(neu_small, tmp_path, monke
     epoch (main wrote ``last`` before metrics.csv, so a kill between the two lost that epoch's row)."""
     from defectlite.train import loop, state
 
-    target, name = {"metrics": (loop, "_write_history"), "state": (state, "save_tensors"),
+    target, name = {"metrics": (loop, "write_history"), "state": (state, "save_tensors"),
                     "best": (loop, "write_best")}[where]  # fmt: skip
     real, calls = getattr(target, name), {"n": 0}
 
