@@ -17,9 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from defectlite.cli.main import main
-from defectlite.errors import ConfigError
+from defectlite.errors import ConfigError, DataError
+from defectlite.pipeline import train_run
+from defectlite.pipeline.context import open_context
 from defectlite.runs import create_run, open_run
-from defectlite.train.config import load_recipe
+from defectlite.train.config import apply_overrides, load_recipe
 from defectlite.train.loop import read_history
 
 TINY = [
@@ -227,6 +229,18 @@ def test_a_new_run_starts_in_an_empty_folder_or_its_own_run_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     create_run(tmp_path / "empty", cfg)  # nothing trained: started again, as before
     assert create_run(tmp_path / "empty", cfg).config_path.is_file()
+
+
+def test_a_start_that_failed_before_training_leaves_no_split_for_the_next(neu_small, tmp_path):
+    run = tmp_path / "run"
+    sets = [f"data.path={json.dumps(str(neu_small))}", "data.input_size=[32, 32]", "teacher=null"]
+    with pytest.raises(DataError, match="the val and test splits are empty"):
+        train_run(apply_overrides(load_recipe("neu-cpu-repnet-fast"), [*sets, "data.split=[1, 0, 0]"]), run,
+                  progress=False)  # fmt: skip
+    assert (run / "splits.csv").is_file()
+    cfg = apply_overrides(load_recipe("neu-cpu-repnet-fast"), [*sets, "data.split=[0.6, 0.2, 0.2]"])
+    counts = open_context(create_run(run, cfg), progress=False).data.counts()
+    assert counts == {"train": 72, "val": 24, "test": 24}  # the first start's splits.csv had them all in train
 
 
 def test_bad_config_fails_before_data_or_pytorch(tmp_path):

@@ -270,6 +270,9 @@ def create_run(
 ) -> Run:
     """Start a run in ``root`` (or re-open the same run): write ``config.yaml`` and ``run.json``.
 
+    A folder where nothing was trained yet is simply started again; when its config differs, the split it made
+    (``splits.csv``) is removed first, so that the new start splits its own data with its own ratios and seed.
+
     Args:
         cfg: the resolved :class:`~defectlite.train.config.RecipeCfg`.
         teacher: where the teacher comes from (None: the recipe's own teacher stage, or none).
@@ -277,8 +280,7 @@ def create_run(
 
     Raises:
         ConfigError: ``root`` already holds a run of another config or teacher that trained something (resume it
-            with ``--resume``; a folder where nothing was trained yet is simply started again), or is not a folder,
-            or holds files but no run (nothing of it is touched).
+            with ``--resume``), or is not a folder, or holds files but no run (nothing of it is touched).
     """
     from defectlite.train.config import dump_recipe
 
@@ -304,6 +306,8 @@ def create_run(
                 f"--resume {root}` or choose another --out"
             )
         return old
+    if (root / CONFIG).is_file() and (root / CONFIG).read_text() != text:
+        (root / SPLITS).unlink(missing_ok=True)  # made for the config of a start that failed before training
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / CONFIG, text)
     run = Run(root, {**manifest, "argv": list(argv if argv is not None else sys.argv), "versions": _versions()})
