@@ -4,6 +4,7 @@ images and ``--set`` strings only ever raise defectlite's own errors."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -99,6 +100,20 @@ def test_output_paths_are_checked_before_any_work(run_dir, neu_small, tmp_path, 
     monkeypatch.setattr(os, "access", lambda *a: False)  # a read-only folder (root ignores chmod, so simulate it)
     assert main(["predict", str(run_dir), image, "--json", str(tmp_path / "out.json")]) == 2
     assert "no permission to write" in capsys.readouterr().err
+
+
+def test_predict_writes_csv_or_json_to_standard_output_for_a_dash(run_dir, neu_small, tmp_path, capsys, monkeypatch):
+    images = [str(p) for p in sorted((neu_small / "images").glob("*.jpg"))[:2]]
+    monkeypatch.chdir(tmp_path)  # a file named "-" would land here
+    assert main(["-q", "predict", str(run_dir), *images, "--csv", "-"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(out)))  # the CSV alone: no answer lines mixed in
+    assert [r["path"] for r in rows] == images and all(r["class"] for r in rows)
+    assert main(["-q", "predict", str(run_dir), *images, "--json", "-"]) == 0
+    assert [o["path"] for o in json.loads(capsys.readouterr().out)] == images
+    assert main(["-q", "predict", str(run_dir), *images, "--csv", "-", "--json", "-"]) == 2
+    assert "both write to standard output" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_failed_on_bad_data_can_be_retried_with_skip_bad(neu_small, tmp_path, capsys):

@@ -17,8 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from defectlite.cli.main import main
-from defectlite.errors import ConfigError
-from defectlite.runs import open_run
+from defectlite.errors import ConfigError, DataError
+from defectlite.pipeline import train_run
+from defectlite.pipeline.context import open_context
+from defectlite.runs import create_run, open_run
+from defectlite.train.config import apply_overrides, load_recipe
 from defectlite.train.loop import read_history
 
 TINY = [
@@ -202,6 +205,42 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun_and_still_deploys(n
 def test_open_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(Exception, match="not a defectlite run folder"):
         open_run(tmp_path)
+
+
+def test_train_refuses_a_folder_of_other_files_before_writing_anything(neu_small, tmp_path, capsys):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name in ("report.md", "notes.txt", "a.csv", "b.csv"):
+        (folder / name).write_text(f"the user's {name}\n")
+    assert tiny_train(neu_small, folder, "--set", "teacher=null", "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert f"{folder} already holds files and is not a defectlite run folder" in err
+    assert "a.csv, b.csv, notes.txt and 1 more" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.csv", "b.csv", "notes.txt", "report.md"]
+    assert (folder / "report.md").read_text() == "the user's report.md\n"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        create_run(afile, load_recipe("neu-cpu-repnet-fast"))
+
+
+def test_a_new_run_starts_in_an_empty_folder_or_its_own_run_folder(tmp_path):
+    cfg = load_recipe("neu-cpu-repnet-fast")
+    (tmp_path / "empty").mkdir()
+    create_run(tmp_path / "empty", cfg)  # nothing trained: started again, as before
+    assert create_run(tmp_path / "empty", cfg).config_path.is_file()
+
+
+def test_a_start_that_failed_before_training_leaves_no_split_for_the_next(neu_small, tmp_path):
+    run = tmp_path / "run"
+    sets = [f"data.path={json.dumps(str(neu_small))}", "data.input_size=[32, 32]", "teacher=null"]
+    with pytest.raises(DataError, match="the val and test splits are empty"):
+        train_run(apply_overrides(load_recipe("neu-cpu-repnet-fast"), [*sets, "data.split=[1, 0, 0]"]), run,
+                  progress=False)  # fmt: skip
+    assert (run / "splits.csv").is_file()
+    cfg = apply_overrides(load_recipe("neu-cpu-repnet-fast"), [*sets, "data.split=[0.6, 0.2, 0.2]"])
+    counts = open_context(create_run(run, cfg), progress=False).data.counts()
+    assert counts == {"train": 72, "val": 24, "test": 24}  # the first start's splits.csv had them all in train
 
 
 def test_bad_config_fails_before_data_or_pytorch(tmp_path):

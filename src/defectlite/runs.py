@@ -278,6 +278,9 @@ def create_run(
 ) -> Run:
     """Start a run in ``root`` (or re-open the same run): write ``config.yaml`` and ``run.json``.
 
+    A folder where nothing was trained yet is simply started again; when its config differs, the split it made
+    (``splits.csv``) is removed first, so that the new start splits its own data with its own ratios and seed.
+
     Args:
         cfg: the resolved :class:`~defectlite.train.config.RecipeCfg`.
         teacher: where the teacher comes from (None: the recipe's own teacher stage, or none).
@@ -285,11 +288,12 @@ def create_run(
 
     Raises:
         ConfigError: ``root`` already holds a run of another config or teacher that trained something (resume it
-            with ``--resume``; a folder where nothing was trained yet is simply started again).
+            with ``--resume``), or is not a folder, or holds files but no run (nothing of it is touched).
     """
     from defectlite.train.config import dump_recipe
 
     root = Path(root)
+    _refuse_foreign(root)
     text = dump_recipe(cfg)
     if teacher is None and cfg.teacher is not None:
         teacher = TeacherSource("trained")
@@ -310,11 +314,35 @@ def create_run(
                 f"--resume {root}` or choose another --out"
             )
         return old
+    if (root / CONFIG).is_file() and (root / CONFIG).read_text() != text:
+        (root / SPLITS).unlink(missing_ok=True)  # made for the config of a start that failed before training
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / CONFIG, text)
     run = Run(root, {**manifest, "argv": list(argv if argv is not None else sys.argv), "versions": _versions()})
     run.record()
     return run
+
+
+def _refuse_foreign(root: Path) -> None:
+    """Refuse to start a run in ``root`` unless it is new, empty or a run folder: a run writes report.md,
+    model.onnx, ... and would overwrite a user's files of the same names.
+
+    Raises:
+        ConfigError: ``root`` is not a folder, or holds files and no ``config.yaml`` (a few of them are named).
+    """
+    if is_run(root):
+        return
+    if not root.is_dir():
+        if root.exists() or root.is_symlink():
+            raise ConfigError(f"{root} exists and is not a folder; choose another --out")
+        return
+    names = sorted(p.name for p in root.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if names:  # the hidden *.tmp files are the atomic writer's, of a start under way (--members jobs in parallel)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ConfigError(
+            f"{root} already holds files and is not a defectlite run folder (no {CONFIG}): {shown}; choose a new "
+            "or empty folder for --out"
+        )
 
 
 def trained_anything(root: Path) -> bool:

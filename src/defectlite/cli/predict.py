@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
         description=(
             "Print one tab-separated line per answer: path, class, probability for a classifier; path, class, score, "
             "x1 y1 x2 y2 (pixels of the original image) per box for a detector. Folders are searched recursively. "
-            "An unreadable file gets an ERROR line and the run goes on; the exit status is 1 if any image failed."
+            "An unreadable file gets an ERROR line and the run goes on; the exit status is 1 if any image failed. "
+            "--csv - or --json - writes that file to standard output instead of the lines."
         ),
     )
     p.add_argument(
@@ -30,8 +31,14 @@ def register(sub: argparse._SubParsersAction, parents: list) -> None:
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files or folders (with --engine ray also s3:// ... URIs)"
     )
-    p.add_argument("--csv", type=Path, help="also write the results to this CSV file (one row per answer)")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file (one object per image)")
+    p.add_argument(
+        "--csv", type=Path, help="also write the results to this CSV file (one row per answer; - for standard output)"
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="also write the results to this JSON file (one object per image; - for standard output)",
+    )
     p.add_argument("--save-images", type=Path, metavar="DIR", help="write each image with its answer drawn on it")
     p.add_argument(
         "--min-confidence",
@@ -82,12 +89,15 @@ def run(args: argparse.Namespace) -> int:
     from defectlite.deploy.predictor import Predictor
     from defectlite.errors import ConfigError, DataError
     from defectlite.runs import is_int8
-    from defectlite.utils import atomic_write_text, check_writable
+    from defectlite.utils import check_writable
 
     for flag, path, folder in (("--csv", args.csv, False), ("--json", args.json, False),
                                ("--save-images", args.save_images, True)):  # fmt: skip
         if path is not None:
-            check_writable(path, folder=folder, what=flag)
+            check_writable(path, folder=folder, what=flag, stdout=True)
+    to_stdout = [flag for flag, path in (("--csv", args.csv), ("--json", args.json)) if _is_stdout(path)]
+    if len(to_stdout) > 1:
+        raise ConfigError("--csv - and --json - would both write to standard output; give one of them a file name")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     options = answer_options(args, conf=args.conf, iou=args.iou, min_confidence=args.min_confidence)
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{f}\tERROR\t{answer_rows[0]['error']}", file=sys.stderr)
                 objects.append({"path": str(f), "error": answer_rows[0]["error"]})
                 continue
-            for r in answer_rows:
+            for r in [] if to_stdout else answer_rows:  # with --csv - / --json -, stdout carries that file alone
                 shown = [v for k, v in r.items() if k not in ("path", "error")]
                 print("\t".join([str(f), *shown]) if shown else f"{f}\t-")
             objects.append({"path": str(f), **predictor.as_dict(res)})
@@ -133,9 +143,24 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(args.csv, buf.getvalue())
+        _write(args.csv, buf.getvalue())
     if args.json:
-        atomic_write_text(args.json, json.dumps(objects, indent=2) + "\n")
+        _write(args.json, json.dumps(objects, indent=2) + "\n")
     if failed:
         print(f"{failed} of {len(files)} image(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _is_stdout(path: Path | None) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, or to standard output for ``-``."""
+    from defectlite.utils import atomic_write_text
+
+    if _is_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(path, text)
