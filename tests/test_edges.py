@@ -82,7 +82,7 @@ def test_the_comparison_table_names_the_task_metrics():
 
 
 def test_predictor_refuses_bad_option_values_before_any_image(run_dir):
-    with pytest.raises(ConfigError, match=r"min_confidence must be in \[0, 1\], got 2"):
+    with pytest.raises(ConfigError, match=r"min_confidence must be a number from 0 to 1 or .recommended., got 2"):
         Predictor(run_dir, min_confidence=2)
 
 
@@ -134,3 +134,15 @@ def test_jobs_do_not_combine_with_data_parallel_training(tmp_path):
 
     with pytest.raises(ConfigError, match="--jobs trains members in separate single processes"):
         resume_run(Run(tmp_path), jobs=2, nproc=2)
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-inf", "0", "1001", "2.5", "lots", ""])
+def test_detector_max_det_is_a_bounded_whole_number(text):
+    from defectlite.tasks import get_runtime
+
+    runtime = get_runtime("detect")
+    with pytest.raises(ConfigError, match="max_det must be a whole number from 1 to 1000"):
+        runtime.option("max_det", text)
+    assert runtime.option("max_det", "300") == 300 and runtime.option("max_det", 1000) == 1000
+    with pytest.raises(ConfigError, match=r"conf must be a number from 0 to 1, got 'nan'"):
+        runtime.option("conf", "nan")

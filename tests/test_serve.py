@@ -671,3 +671,37 @@ def test_load_script_client_counts_answers(server, images):
         return await serve_load.costly_client(port, serve_load.costly_uploads(), stop)
 
     assert asyncio.run(costly_once()) == {"bomb": {"413": 1}, "32x36MP": {"413": 1}}
+
+
+def test_a_slow_answer_does_not_hold_up_the_event_loop(run_dir, images, monkeypatch):
+    """The mechanism, not a time: while one request's postprocessing is stuck (a runtime that waits for the test),
+    /healthz and /v1/model still answer; the stuck request completes once released. Decoding, NMS and the JSON of
+    an answer run in a worker thread, so no request's answer can freeze the service."""
+    app = create_app(run_dir / "model.onnx", threads=1, explain=False, **LIMITS)
+    runtime = app.state.predictor.runtime
+    entered, release, real = threading.Event(), threading.Event(), runtime.postprocess
+
+    def stuck(*args, **kwargs):
+        entered.set()
+        assert release.wait(60), "the test never released the answer"
+        return real(*args, **kwargs)
+
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        monkeypatch.setattr(runtime, "postprocess", stuck)  # after the app's start-up probe
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(c.post, "/v1/predict", files=upload(images[0]))
+            assert entered.wait(60)  # the answer is being made, and blocked
+            assert c.get("/healthz").json() == {"status": "ok"}  # the loop is free
+            assert c.get("/v1/model").status_code == 200
+            assert not pending.done()
+            release.set()
+            assert pending.result(60).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["max_det=inf", "max_det=nan", "max_det=100000", "max_det=2.5", "min_confidence=2"])
+def test_answer_options_are_range_checked(app_client, images, query):
+    r = app_client.post(f"/v1/predict?{query}", files=upload(images[0]))
+    key = query.partition("=")[0]
+    assert r.status_code == 422 and r.json()["error"] == "bad_option", r.text
+    if key == "max_det":  # a classifier has no max_det: refused by name, as any option it does not declare
+        assert "does not apply to a classify model" in r.json()["detail"]

@@ -32,6 +32,7 @@ enforced while streaming and parsed there); no request names a file the server r
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -261,7 +262,7 @@ def create_app(
         openapi_extra=MULTIPART_SCHEMA,
         summary="Answer for one or more images (the model's task: classes, boxes, ...)",
     )
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         """Class, probabilities and model latency (ms, of the batched ONNX Runtime call) per image; a classifier's
         answer is ``uncertain`` (the top classes still given) below ``min_confidence`` (query or form field)."""
         parts, files = await read_images(request)
@@ -274,11 +275,14 @@ def create_app(
             rows, latency_ms, batch_size = await batcher.submit(x)
         except QueueFull as e:
             raise ApiError(503, "busy", f"the model is busy, try again ({e})") from None
-        results = [
-            {"file": f.filename, **predictor.as_dict(a), "latency_ms": round(latency_ms, 3), "batch_size": batch_size}
-            for f, a in zip(files, predictor.answers(rows, sizes, **asked))
-        ]
-        return JSONResponse({"model": meta.get("model"), "task": predictor.task, "results": results})
+
+        def answer() -> bytes:  # decoding, NMS and the JSON of every answer: in a worker thread, never on the loop
+            timing = {"latency_ms": round(latency_ms, 3), "batch_size": batch_size}
+            answers = predictor.answers(rows, sizes, **asked)
+            results = [{"file": f.filename, **predictor.as_dict(a), **timing} for f, a in zip(files, answers)]
+            return json_bytes({"model": meta.get("model"), "task": predictor.task, "results": results})
+
+        return Response(await run_in_threadpool(answer), media_type="application/json")
 
     @app.post(
         "/v1/explain",
@@ -348,6 +352,11 @@ def create_app(
 
 
 INLINE_DECODE_BYTES = 256 * 1024  # uploads up to this size are decoded without a thread hop
+
+
+def json_bytes(content: Any) -> bytes:
+    """``content`` as Starlette's ``JSONResponse`` renders it (UTF-8, compact, no NaN)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 def request_options(parts: list[Part], query: Any, runtime: Any) -> dict[str, Any]:

@@ -108,24 +108,38 @@ class Runtime(Protocol):
         """Figures of ``metrics`` written as ``out_dir/<stem>*``; returns their file names."""
 
 
-def number_option(runtime: Runtime, key: str, text: Any, *, integer: bool = False, words: tuple[str, ...] = ()) -> Any:
-    """A runtime option's value from text (``--option KEY=VALUE``, a query parameter): a number (an integer when
-    ``integer``), or one of ``words`` as it is. Values that are already numbers pass through.
+def number_option(
+    runtime: Runtime,
+    key: str,
+    text: Any,
+    *,
+    integer: bool = False,
+    words: tuple[str, ...] = (),
+    bounds: tuple[float, float] = (float("-inf"), float("inf")),
+) -> Any:
+    """A runtime option's value from text (``--option KEY=VALUE``, a query parameter): a finite number within
+    ``bounds`` (inclusive; a whole number when ``integer``), or one of ``words`` as it is. Values that are already
+    numbers are checked the same way.
 
     Raises:
-        ConfigError: ``key`` is not one of ``runtime.options``, or the value is neither a number nor one of ``words``.
+        ConfigError: ``key`` is not one of ``runtime.options``, or the value is not a finite number within its bounds
+            (nor one of ``words``); the message names the key, the value and what is allowed.
     """
     if key not in runtime.options:
         allowed = ", ".join(runtime.options) or "none"
         raise ConfigError(f"option {key!r} does not apply to a {runtime.name} model (allowed: {allowed})")
     if text is None or (isinstance(text, str) and text in words):
         return text
+    lo, hi = bounds
+    kind = "a whole number" if integer else "a number"
+    allowed = f"{kind} from {lo:g} to {hi:g}" + "".join(f" or {w!r}" for w in words)
     try:
-        return int(text) if integer else float(text)
+        value = float(text)
     except (TypeError, ValueError):
-        kind = "an integer" if integer else "a number"
-        extra = "".join(f" or {w!r}" for w in words)
-        raise ConfigError(f"{key} must be {kind}{extra}, got {text!r}") from None
+        value = float("nan")
+    if isinstance(text, bool) or not (lo <= value <= hi) or (integer and not value.is_integer()):
+        raise ConfigError(f"{key} must be {allowed}, got {text!r}")
+    return int(value) if integer else value
 
 
 @runtime_checkable

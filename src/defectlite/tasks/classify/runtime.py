@@ -82,12 +82,12 @@ class ClassifyRuntime:
     view = "labels"  # the page shows class probabilities
 
     def option(self, key: str, text: Any) -> Any:
-        """``min_confidence``: a number, or ``recommended`` (checked against the model in :meth:`postprocess`).
+        """``min_confidence``: a probability in [0, 1], or ``recommended`` (the model's own, from its metadata).
 
         Raises:
             ConfigError: another key, or a value that is neither.
         """
-        return number_option(self, key, text, words=("recommended",))
+        return number_option(self, key, text, words=("recommended",), bounds=(0.0, 1.0))
 
     def check(self, meta: dict[str, Any], outputs: Sequence[Any]) -> None:
         """Refuse a class list that does not match the model's number of outputs.

@@ -20,6 +20,7 @@ from defectlite.tasks.base import number_option
 from defectlite.tasks.detect.decode import Detections, postprocess
 
 BoxTruth = tuple[np.ndarray, np.ndarray, tuple[int, int]]  # boxes (M, 4) in pixels, labels (M,), image (H, W)
+MAX_DET_CAP = 1000  # most boxes one image's answer may ask for (max_det): 32 images x 1000 boxes bound a request
 EVAL_CONF, EVAL_IOU = 0.001, 0.6  # mAP is computed over nearly every box (COCO / Ultralytics val convention)
 
 
@@ -39,12 +40,15 @@ class DetectRuntime:
     view = "boxes"  # the page draws boxes
 
     def option(self, key: str, text: Any) -> Any:
-        """``conf`` and ``iou`` are numbers, ``max_det`` an integer.
+        """``conf`` and ``iou`` are numbers in [0, 1], ``max_det`` a whole number from 1 to :data:`MAX_DET_CAP` (the
+        service's work and answer size are bounded by it).
 
         Raises:
-            ConfigError: another key, or a value of another kind.
+            ConfigError: another key, or a value of another kind or out of its range.
         """
-        return number_option(self, key, text, integer=key == "max_det")
+        if key == "max_det":
+            return number_option(self, key, text, integer=True, bounds=(1, MAX_DET_CAP))
+        return number_option(self, key, text, bounds=(0.0, 1.0))
 
     def check(self, meta: dict[str, Any], outputs: Sequence[Any]) -> None:
         """Refuse metadata without anchors / strides, or whose classes do not fit the output width.
