@@ -698,10 +698,8 @@ def test_a_slow_answer_does_not_hold_up_the_event_loop(run_dir, images, monkeypa
             assert pending.result(60).status_code == 200
 
 
-@pytest.mark.parametrize("query", ["max_det=inf", "max_det=nan", "max_det=100000", "max_det=2.5", "min_confidence=2"])
-def test_answer_options_are_range_checked(app_client, images, query):
-    r = app_client.post(f"/v1/predict?{query}", files=upload(images[0]))
-    key = query.partition("=")[0]
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "inf", "lots"])
+def test_answer_options_are_range_checked(app_client, images, value):
+    r = app_client.post(f"/v1/predict?min_confidence={value}", files=upload(images[0]))
     assert r.status_code == 422 and r.json()["error"] == "bad_option", r.text
-    if key == "max_det":  # a classifier has no max_det: refused by name, as any option it does not declare
-        assert "does not apply to a classify model" in r.json()["detail"]
+    assert "min_confidence must be a number from 0 to 1" in r.json()["detail"]
