@@ -97,20 +97,16 @@ class StageFiles:
     """The files of one trained model's folder (``RUN/<stage>/``), as :func:`defectlite.train.loop.fit` writes them.
 
     Attributes:
-        root: the folder; best, last, metrics, gammas, ddp: its files (see ``_STAGE_FILES``).
+        root: the folder; ``best``, ``best_card``, ``last``, ``metrics``, ``gammas``, ``ddp``: its files (paths, see
+            ``_STAGE_FILES``).
     """
 
     root: Path
-    best: Path = field(init=False)
-    best_card: Path = field(init=False)
-    last: Path = field(init=False)
-    metrics: Path = field(init=False)
-    gammas: Path = field(init=False)
-    ddp: Path = field(init=False)
 
-    def __post_init__(self) -> None:
-        for attr, name in _STAGE_FILES.items():
-            object.__setattr__(self, attr, Path(self.root) / name)
+    def __getattr__(self, attr: str) -> Path:
+        if attr not in _STAGE_FILES:
+            raise AttributeError(f"{type(self).__name__} has no file {attr!r}")
+        return Path(self.root) / _STAGE_FILES[attr]
 
     def epoch(self, index: int) -> Path:
         """Stem of epoch ``index``'s checkpoint (``save_period``)."""
