@@ -83,7 +83,7 @@ def test_predict_answers_uncertain_below_min_confidence(run_dir, neu_small, caps
     assert main(["predict", str(run_dir / "model.onnx"), str(image), "--min-confidence", "0"]) == 0
     assert capsys.readouterr().out.strip().split("\t")[1] != "uncertain"
     assert main(["predict", str(run_dir / "model.onnx"), str(image), "--min-confidence", "1.5"]) == 2
-    assert "min_confidence must be in [0, 1]" in capsys.readouterr().err
+    assert "min_confidence must be a number from 0 to 1" in capsys.readouterr().err
 
 
 def test_http_reject_option(run_dir, neu_small):
