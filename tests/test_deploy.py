@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +52,14 @@ def test_export_matches_pytorch_on_real_images(exported, neu_data, card):
     model, path = exported
     diff = check_parity(model, path, neu_data.subset("test")[0], card)
     assert diff <= 1e-4
+
+
+def test_the_onnx_file_carries_no_source_paths_of_this_machine(exported):
+    import defectlite
+
+    data = exported[1].read_bytes()
+    assert b"pkg.torch.onnx.stack_trace" not in data  # the exporter's per-node Python stack traces are dropped
+    assert str(Path(defectlite.__file__).parent).encode() not in data
 
 
 def test_onnx_metadata_describes_the_model(exported, neu_data):

@@ -421,6 +421,7 @@ def test_explain_unavailable_without_the_checkpoint(run_dir, images, tmp_path):
     with live_server(create_app(tmp_path / "model.onnx", threads=1)) as url:
         info = httpx.get(url + "/v1/model").json()
         assert info["explain"] is False and "model.json" in info["explain_detail"]
+        assert str(tmp_path) not in json.dumps(info)  # no server path reaches a client
         resp = httpx.post(url + "/v1/explain", files=upload(images[0]))
         assert_error(resp, 501, "explain_unavailable")
         assert httpx.post(url + "/v1/predict", files=upload(images[0])).status_code == 200

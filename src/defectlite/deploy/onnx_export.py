@@ -110,10 +110,20 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    _drop_stack_traces(proto)
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
     proto.doc_string = f"defectlite {card['model']} ({meta['task']}, {len(meta['classes'])} classes)"
     onnx.checker.check_model(proto)
     return atomic_write(path, lambda p: onnx.save_model(proto, str(p)))
+
+
+def _drop_stack_traces(proto: Any) -> None:
+    """Remove the exporter's per-node Python stack traces (``pkg.torch.onnx.stack_trace``): they hold this machine's
+    absolute source paths, which a model file handed to a plant should not carry."""
+    for node in proto.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
 
 
 def _version() -> str:

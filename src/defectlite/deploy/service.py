@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def create_app(
     predictor = Predictor(model_path, threads=threads, spinning=False, fp32=fp32, **(options or {}))
     fp32_path = resolve_model_path(model_path, fp32=True)  # Grad-CAM's checkpoint sits beside the FP32 file
     explainer, no_explain = _load_explainer(fp32_path, predictor) if explain else (None, "explain is switched off")
+    no_explain = no_explain.replace(f"{fp32_path.parent}{os.sep}", "")  # /v1/model shows it: no server paths
     batcher = MicroBatcher(  # every raw model output; the task's runtime turns each image's rows into its answer
         predictor.run, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue
     )
